@@ -1,0 +1,81 @@
+"""Switchboard: the app factory, which is the table of contents of the service."""
+
+from __future__ import annotations
+
+import sys
+
+from quart_schema import Info, QuartSchema
+
+from service import db, errors, log, middleware, redis_client
+from service.application import Switchboard
+from service.blueprints import docs, health
+from service.config import ConfigError, Settings
+
+
+def create_app(settings: Settings | None = None) -> Switchboard:
+    """Build the application. With no settings it reads the environment (and `.env`).
+
+    Nothing connects here: the database engine and Redis open in before_serving.
+    """
+    if settings is None:
+        try:
+            settings = Settings.from_environment()
+        except ConfigError as error:
+            # One clear line, no traceback: the operator fixes the variable and starts again.
+            print(f"switchboard: configuration error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+    log.configure(settings.log_level, settings.effective_log_format)
+
+    app = Switchboard(__name__)
+    app.config.update(
+        SETTINGS=settings,
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        TESTING=settings.app_env == "testing",
+    )
+    QuartSchema(
+        app,
+        info=Info(
+            title="Switchboard API",
+            version=health.VERSION,
+            description="Register agents, assign them work and watch them live.",
+        ),
+        openapi_path="/openapi.json",
+        swagger_ui_path=None,  # served by blueprints/docs.py with local assets and a strict CSP
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        security_schemes={"bearerAuth": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}},
+        tags=[{"name": "health", "description": "Liveness, readiness and metrics."}],
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's field order
+    _init_sentry(app, settings)
+    errors.init_app(app)
+    db.init_app(app, settings)
+    redis_client.init_app(app, settings)
+    middleware.init_app(app, settings)
+
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(docs.blueprint)
+    return app
+
+
+def _init_sentry(app: Switchboard, settings: Settings) -> None:
+    if settings.sentry_dsn is None:
+        return
+    try:
+        import sentry_sdk
+        from sentry_sdk.integrations.quart import QuartIntegration
+    except ImportError:
+        print(
+            "switchboard: configuration error: SENTRY_DSN is set but sentry-sdk is not installed "
+            "(pip install 'switchboard[sentry]')",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn,
+        integrations=[QuartIntegration()],
+        environment=settings.app_env,
+        release=health.VERSION,
+    )
+    app.extensions["sentry"] = True

@@ -1,0 +1,68 @@
+"""Operations endpoints: liveness, readiness and Prometheus metrics (no URL prefix)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from quart import Blueprint, Response, current_app, request
+from quart_schema import hide, tag, validate_response
+
+from service import errors, metrics
+from service.config import Settings
+from service.schemas.health import HealthOut, ReadinessOut
+from service.services import health
+
+blueprint = Blueprint("health", __name__)
+
+SERVICE_NAME = "switchboard"
+VERSION = version("switchboard")
+
+
+@blueprint.get("/health")
+@tag(["health"])
+@validate_response(HealthOut)
+async def get_health() -> HealthOut:
+    """Liveness probe.
+
+    Answers while the process can serve requests; touches no database or Redis.
+    """
+    return HealthOut(timestamp=datetime.now(UTC), version=VERSION, service=SERVICE_NAME)
+
+
+@blueprint.get("/readiness")
+@tag(["health"])
+@validate_response(ReadinessOut, 200)
+@validate_response(ReadinessOut, 503)
+async def get_readiness() -> tuple[ReadinessOut, int, dict[str, str]]:
+    """Readiness probe.
+
+    Checks the database, Redis (when configured) and free disk space, each within a deadline;
+    503 with `"status": "not_ready"` when a required check fails.
+    """
+    settings: Settings = current_app.config["SETTINGS"]
+    deadline = settings.readiness_timeout
+    probes = {"database": health.check_database(current_app.extensions.get("db"), deadline)}
+    if "redis" in current_app.extensions:
+        probes["redis"] = health.check_redis(current_app.extensions["redis"], deadline)
+    results = dict(zip(probes, await asyncio.gather(*probes.values()), strict=True))
+    results["disk_space"] = health.check_disk(Path.cwd(), settings.readiness_min_free_disk_mb)
+    ready = all(check.status in ("connected", "ok") for check in results.values())
+    body = ReadinessOut(status="ready" if ready else "not_ready", timestamp=datetime.now(UTC), checks=results)
+    return body, 200 if ready else 503, {"Cache-Control": "no-store"}
+
+
+@blueprint.get("/metrics")
+@hide
+async def get_metrics() -> Response:
+    """Prometheus metrics in the text exposition format."""
+    token: str | None = current_app.config["SETTINGS"].metrics_token
+    if token is not None:
+        offered = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not hmac.compare_digest(offered.encode(), token.encode()):
+            raise errors.Unauthorized("A metrics token is required.")
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)

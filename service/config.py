@@ -1,0 +1,160 @@
+"""Settings: every environment variable the service reads, typed, with its default.
+
+The defaults are the embedded mode (SQLite file, in-process broker), so a fresh clone runs with no
+configuration. Each variable is documented once, in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+# Development secrets production must refuse: the built-in default and anything shorter than 32 bytes.
+DEVELOPMENT_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"  # noqa: S105 - refused in production
+MIN_SECRET_KEY_LENGTH = 32
+EMBEDDED_DATABASE_PATH = Path("instance") / "switchboard.db"
+
+_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    """The service's configuration. Build it directly in tests; `from_environment()` in production."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    app_env: Literal["development", "production", "testing"] = "development"
+    database_url: str = Field(default="", validate_default=True)
+    redis_url: str | None = None
+    secret_key: str = DEVELOPMENT_SECRET_KEY
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "console"] | None = None
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    sentry_dsn: str | None = None
+
+    # Per process: hypercorn workers x instances x (pool_size + max_overflow) must stay under
+    # PostgreSQL's max_connections (100 by default) with room for migrations and psql.
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_max_overflow: int = Field(default=5, ge=0, le=200)
+    database_pool_timeout: float = Field(default=5.0, gt=0, le=120)
+    database_pool_recycle: int = Field(default=1800, ge=-1)
+    database_pool_pre_ping: bool = True
+    database_connect_timeout: float = Field(default=5.0, gt=0, le=120)
+    database_statement_timeout: float = Field(default=10.0, gt=0, le=3600)
+
+    redis_socket_timeout: float = Field(default=1.0, gt=0, le=60)
+    readiness_timeout: float = Field(default=1.5, gt=0, le=30)
+    readiness_min_free_disk_mb: int = Field(default=100, ge=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # When set, /metrics answers only to `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: str | None = None
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _normalise_database_url(cls, value: object) -> str:
+        """Accept the forms people paste and choose the async driver for each."""
+        if value is None or value == "":
+            return f"sqlite+aiosqlite:///{EMBEDDED_DATABASE_PATH}"
+        if not isinstance(value, str):
+            raise ValueError("must be a URL string")
+        try:
+            url = make_url(value.strip())
+        except ArgumentError:
+            raise ValueError("is not a URL (expected postgresql://… or sqlite:///…)") from None
+        driver = _DRIVERS.get(url.drivername)
+        if driver is None:
+            raise ValueError(f"unsupported scheme {url.drivername!r} (use postgresql:// or sqlite:///)")
+        if driver.startswith("postgresql") and not url.database:
+            raise ValueError("names no database (postgresql://user:pass@host:5432/dbname)")
+        return url.set(drivername=driver).render_as_string(hide_password=False)
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"{origin!r} is not an origin (expected https://host[:port])")
+        return origins
+
+    @field_validator("redis_url", "sentry_dsn", "metrics_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _production_refuses_development_secrets(self) -> Settings:
+        if self.app_env == "production":
+            if self.secret_key == DEVELOPMENT_SECRET_KEY:
+                raise ValueError("SECRET_KEY must be set in production (the development default is refused)")
+            if len(self.secret_key) < MIN_SECRET_KEY_LENGTH:
+                raise ValueError(
+                    f"SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters in production"
+                )
+            if "*" in self.allowed_origins:
+                raise ValueError("ALLOWED_ORIGINS must list origins in production, not '*'")
+        return self
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        """Read the environment (and `.env`), turning any problem into one clear ConfigError line."""
+        try:
+            return cls()
+        except ValidationError as error:
+            raise ConfigError(describe(error)) from None
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.is_production else "console"
+
+
+def describe(error: ValidationError) -> str:
+    """One line per problem, each naming the environment variable."""
+    problems = []
+    for item in error.errors(include_url=False):
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"{name}: {message}" if item["loc"] else message)
+    return "; ".join(problems)

@@ -1,0 +1,117 @@
+"""The engine and sessionmaker (opened in before_serving) and the per-request session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, current_app, g
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from service import metrics
+from service.config import Settings
+
+
+@dataclass(frozen=True)
+class Database:
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        metrics.unwatch_pool(self.engine.sync_engine.pool)
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _: ConnectionPoolEntry) -> None:
+    # Foreign keys are off by default in SQLite; WAL lets readers run beside the writer.
+    cursor = dbapi_connection.cursor()
+    for pragma in ("foreign_keys=ON", "journal_mode=WAL", "busy_timeout=5000", "synchronous=NORMAL"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """Pool and driver options; both are bounded so a dead database fails fast instead of hanging."""
+    pool = {
+        "pool_size": settings.database_pool_size,
+        "max_overflow": settings.database_max_overflow,
+        "pool_timeout": settings.database_pool_timeout,
+        "pool_recycle": settings.database_pool_recycle,
+        "pool_pre_ping": settings.database_pool_pre_ping,
+    }
+    if settings.uses_sqlite:
+        return {**pool, "connect_args": {"timeout": settings.database_connect_timeout}}
+    return {
+        **pool,
+        "connect_args": {
+            "timeout": settings.database_connect_timeout,
+            "command_timeout": settings.database_statement_timeout,
+            "server_settings": {
+                "application_name": "switchboard",
+                "statement_timeout": str(int(settings.database_statement_timeout * 1000)),
+            },
+        },
+    }
+
+
+def make_engine(database_url: str, **options: Any) -> AsyncEngine:
+    """An engine for either database: SQLite gets its directory made and its pragmas set."""
+    url = make_url(database_url)
+    sqlite = url.get_backend_name() == "sqlite"
+    if sqlite and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, **options)
+    if sqlite:
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def open_database(settings: Settings) -> Database:
+    engine = make_engine(settings.database_url, **engine_options(settings))
+    metrics.watch_pool(engine.sync_engine.pool)
+    # expire_on_commit=False: after the request commits, routes still read the objects they hold.
+    return Database(engine, async_sessionmaker(engine, expire_on_commit=False))
+
+
+def session() -> AsyncSession:
+    """The request's session, opened on first use; committed when the handler succeeds."""
+    current: AsyncSession | None = g.get("db_session")
+    if current is None:
+        current = current_app.extensions["db"].sessionmaker()
+        g.db_session = current
+    return current
+
+
+async def commit_request_session() -> None:
+    current: AsyncSession | None = g.get("db_session")
+    if current is not None and current.in_transaction():
+        await current.commit()
+
+
+async def _close_request_session(_: BaseException | None) -> None:
+    # Closing rolls back whatever was not committed: a failed handler leaves no partial writes.
+    current: AsyncSession | None = g.pop("db_session", None)
+    if current is not None:
+        await current.close()
+
+
+def init_app(app: Quart, settings: Settings) -> None:
+    @app.before_serving
+    async def _open() -> None:
+        app.extensions["db"] = open_database(settings)
+
+    @app.after_serving
+    async def _close() -> None:
+        database: Database | None = app.extensions.pop("db", None)
+        if database is not None:
+            await database.close()
+
+    app.teardown_request(_close_request_session)

@@ -1,0 +1,69 @@
+"""The Prometheus objects and the /metrics exposition.
+
+With several hypercorn workers, set PROMETHEUS_MULTIPROC_DIR (an empty directory, wiped at each start)
+before Python starts: every worker then writes its samples there and any worker's /metrics sums them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
+
+# Requests that matched no route share one label, so unknown paths cannot grow the series count.
+UNMATCHED = "<unmatched>"
+
+http_requests_total = Counter(
+    "http_requests_total", "HTTP requests answered, by route template.", ["method", "endpoint", "status"]
+)
+http_request_duration_seconds = Histogram(
+    "http_request_duration_seconds",
+    "Time from the request reaching the app to the response leaving it.",
+    ["method", "endpoint"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+db_pool_size = Gauge("db_pool_size", "Configured pool size.", multiprocess_mode="livesum")
+db_pool_checked_out = Gauge(
+    "db_pool_checked_out", "Database connections in use.", multiprocess_mode="livesum"
+)
+db_pool_open = Gauge(
+    "db_pool_open", "Database connections open (idle or in use).", multiprocess_mode="livesum"
+)
+
+
+def watch_pool(pool: Pool) -> None:
+    """Keep the pool gauges current from the pool's own events (no polling, no scrape-time work)."""
+    size = getattr(pool, "size", None)
+    if callable(size):
+        db_pool_size.inc(size())
+    event.listen(pool, "checkout", lambda *_: db_pool_checked_out.inc())
+    event.listen(pool, "checkin", lambda *_: db_pool_checked_out.dec())
+    event.listen(pool, "connect", lambda *_: db_pool_open.inc())
+    event.listen(pool, "close", lambda *_: db_pool_open.dec())
+    event.listen(pool, "close_detached", lambda *_: db_pool_open.dec())
+
+
+def unwatch_pool(pool: Pool) -> None:
+    size = getattr(pool, "size", None)
+    if callable(size):
+        db_pool_size.dec(size())
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text for a scrape, summed over every worker in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,7 @@
+"""Imports every model module so `Model.metadata` is complete for Alembic and the drift test."""
+
+from __future__ import annotations
+
+from service.models.entity import Model
+
+metadata = Model.metadata

@@ -1,0 +1,82 @@
+"""Shared fixtures: settings for the embedded default or, when TEST_DATABASE_URL / TEST_REDIS_URL are
+set, for real PostgreSQL and Redis; a migrated database; a fresh app and client per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+from quart.testing import QuartClient
+from sqlalchemy import text
+
+from alembic import command
+from service import create_app
+from service.application import Switchboard
+from service.config import Settings
+from service.models.registry import metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logging"] = False
+    return config
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "app_env": "testing",
+        "database_url": database_url,
+        "redis_url": os.environ.get("TEST_REDIS_URL") or None,
+        "log_format": "console",
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database migrated to head once per run (the migrations are what build the schema)."""
+    url = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+    url = Settings(database_url=url, _env_file=None).database_url  # type: ignore[call-arg]
+    config = alembic_config(url)
+    command.downgrade(config, "base")
+    command.upgrade(config, "head")
+    yield url
+    command.downgrade(config, "base")
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Switchboard]:
+    application = create_app(settings)
+    async with application.test_app():
+        yield application
+        await _empty_tables(application)
+
+
+async def _empty_tables(application: Switchboard) -> None:
+    """Each test starts from empty tables; the schema itself stays migrated."""
+    database = application.extensions["db"]
+    async with database.engine.begin() as connection:
+        for table in reversed(metadata.sorted_tables):
+            await connection.execute(text(f'DELETE FROM "{table.name}"'))  # noqa: S608 - our own table names
+    redis = application.extensions.get("redis")
+    if redis is not None:
+        await redis.flushdb()
+
+
+@pytest.fixture
+def client(app: Switchboard) -> QuartClient:
+    return app.test_client()

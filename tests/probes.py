@@ -1,0 +1,53 @@
+"""A blueprint of probe routes that exercise the cross-cutting machinery (errors, sessions, bodies).
+
+Registered only by the tests that need it, on their own app; never part of the service."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from quart import Blueprint
+from quart_schema import validate_request
+from sqlalchemy import text
+
+from service import db, errors
+
+blueprint = Blueprint("probes", __name__, url_prefix="/_probe")
+
+
+class EchoIn(BaseModel):
+    name: str = Field(min_length=1, max_length=20)
+    count: int = Field(ge=0)
+
+
+@blueprint.post("/echo")
+@validate_request(EchoIn)
+async def post_echo(data: EchoIn) -> dict[str, object]:
+    return {"name": data.name, "count": data.count}
+
+
+@blueprint.get("/boom")
+async def get_boom() -> dict[str, object]:
+    raise RuntimeError("secret internals: password=hunter2 at /srv/app.py line 3")
+
+
+@blueprint.get("/conflict")
+async def get_conflict() -> dict[str, object]:
+    raise errors.Conflict("Username taken.", details={"field": "username"})
+
+
+@blueprint.get("/query")
+async def get_query() -> dict[str, object]:
+    value = (await db.session().execute(text("SELECT 41 + 1"))).scalar_one()
+    return {"value": value}
+
+
+@blueprint.post("/notes/<note>")
+async def post_note(note: str) -> dict[str, object]:
+    await db.session().execute(text("INSERT INTO probe_notes (body) VALUES (:body)"), {"body": note})
+    return {"stored": note}
+
+
+@blueprint.post("/notes/<note>/fail")
+async def post_note_then_fail(note: str) -> dict[str, object]:
+    await db.session().execute(text("INSERT INTO probe_notes (body) VALUES (:body)"), {"body": note})
+    raise errors.Conflict("Refused after writing.")

@@ -1,0 +1,148 @@
+"""The data layer: the request session commits on success and rolls back on error; the Entity
+columns behave the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from quart.testing import QuartClient
+from sqlalchemy import String, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from service import create_app
+from service.application import Switchboard
+from service.config import Settings
+from service.db import engine_options
+from service.models.entity import NAMING_CONVENTION, Entity, Model, new_id
+
+from . import probes
+
+
+@pytest.fixture
+async def probe_app(settings: Settings) -> AsyncIterator[Switchboard]:
+    app = create_app(settings)
+    app.register_blueprint(probes.blueprint)
+    async with app.test_app():
+        engine = app.extensions["db"].engine
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE IF NOT EXISTS probe_notes (body VARCHAR(100))"))
+        yield app
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP TABLE probe_notes"))
+
+
+async def _notes(app: Switchboard) -> list[str]:
+    async with app.extensions["db"].engine.connect() as connection:
+        return list((await connection.execute(text("SELECT body FROM probe_notes"))).scalars())
+
+
+async def test_a_successful_handler_commits(probe_app: Switchboard) -> None:
+    client: QuartClient = probe_app.test_client()
+    response = await client.post("/_probe/notes/kept")
+    assert response.status_code == 200
+    assert await _notes(probe_app) == ["kept"]
+
+
+async def test_a_failing_handler_leaves_no_partial_write(probe_app: Switchboard) -> None:
+    response = await probe_app.test_client().post("/_probe/notes/lost/fail")
+    assert response.status_code == 409
+    assert await _notes(probe_app) == []
+
+
+async def test_the_session_is_closed_after_each_request(probe_app: Switchboard) -> None:
+    client = probe_app.test_client()
+    for _ in range(3):
+        assert (await client.get("/_probe/query")).status_code == 200
+    assert probe_app.extensions["db"].engine.sync_engine.pool.checkedout() == 0
+
+
+def test_pool_options_are_bounded(settings: Settings) -> None:
+    options = engine_options(settings)
+    assert options["pool_timeout"] == settings.database_pool_timeout
+    assert options["pool_pre_ping"] is True
+    if not settings.uses_sqlite:
+        connect: dict[str, Any] = options["connect_args"]
+        assert connect["timeout"] == settings.database_connect_timeout
+        assert connect["server_settings"]["statement_timeout"] == "10000"
+
+
+class _Scratch(DeclarativeBase):
+    """A metadata of its own, so this test table never reaches the migrations or the drift check."""
+
+    from sqlalchemy import MetaData
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = Model.type_annotation_map
+
+
+class Widget(Entity, _Scratch):
+    __tablename__ = "scratch_widgets"
+    name: Mapped[str] = mapped_column(String(40))
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+@pytest.fixture
+async def widgets(app: Switchboard) -> AsyncIterator[Switchboard]:
+    engine = app.extensions["db"].engine
+    async with engine.begin() as connection:
+        await connection.run_sync(_Scratch.metadata.create_all)
+    yield app
+    async with engine.begin() as connection:
+        await connection.run_sync(_Scratch.metadata.drop_all)
+
+
+async def test_entity_columns_round_trip(widgets: Switchboard) -> None:
+    maker = widgets.extensions["db"].sessionmaker
+    async with maker() as session:
+        widget = Widget(name="w", attributes={"colour": "red", "sizes": [1, 2]})
+        session.add(widget)
+        await session.commit()
+        widget_id = widget.id
+    async with maker() as session:
+        stored = await session.get(Widget, widget_id)
+        assert stored is not None
+        assert isinstance(stored.id, uuid.UUID)
+        assert stored.created_at.tzinfo is not None
+        assert stored.created_at.utcoffset() == timedelta(0)
+        assert abs(datetime.now(UTC) - stored.created_at) < timedelta(minutes=1)
+        assert stored.attributes == {"colour": "red", "sizes": [1, 2]}
+        assert stored.is_deleted is False
+        first_update = stored.updated_at
+        stored.soft_delete()
+        await session.commit()
+    async with maker() as session:
+        deleted = await session.get(Widget, widget_id)
+        assert deleted is not None
+        assert deleted.is_deleted
+        assert deleted.updated_at >= first_update
+        live = (await session.execute(select(Widget).where(Widget.deleted_at.is_(None)))).scalars().all()
+        assert live == []
+        deleted.restore()
+        assert deleted.is_deleted is False
+
+
+async def test_naive_datetimes_are_refused(widgets: Switchboard) -> None:
+    async with widgets.extensions["db"].sessionmaker() as session:
+        session.add(Widget(name="n", created_at=datetime(2026, 1, 1)))
+        with pytest.raises(Exception, match="naive datetime"):
+            await session.commit()
+
+
+def test_json_is_jsonb_on_postgresql() -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    column = Widget.__table__.c.attributes
+    assert column.type.compile(dialect=postgresql.dialect()) == "JSONB"
+    assert column.type.compile(dialect=sqlite.dialect()) == "JSON"
+
+
+def test_ids_are_time_ordered_uuid7() -> None:
+    ids = [new_id() for _ in range(50)]
+    assert all(value.version == 7 for value in ids)
+    assert len(set(ids)) == 50
+    stamps = [value.int >> 80 for value in ids]
+    assert stamps == sorted(stamps)

@@ -1,0 +1,48 @@
+"""The OpenAPI document and the docs UI, which works with no internet access."""
+
+from __future__ import annotations
+
+import re
+
+from quart.testing import QuartClient
+
+
+async def test_openapi_document_describes_the_probes(client: QuartClient) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = await response.get_json()
+    assert spec["openapi"].startswith("3.")
+    assert spec["info"]["title"] == "Switchboard API"
+    assert {"/health", "/readiness"} <= set(spec["paths"])
+    assert "/metrics" not in spec["paths"]
+    assert not any(path.startswith("/_docs") or path == "/docs" for path in spec["paths"])
+    health = spec["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert set(health["properties"]) == {"status", "timestamp", "version", "service"}
+    readiness = spec["paths"]["/readiness"]["get"]["responses"]
+    assert {"200", "503"} <= set(readiness)
+    assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+async def test_docs_page_loads_only_local_assets(client: QuartClient) -> None:
+    response = await client.get("/docs")
+    assert response.status_code == 200
+    html = (await response.get_data()).decode()
+    assert "swagger-ui" in html
+    assert not re.search(r"(src|href)=\"(https?:)?//", html), "the docs page must not load from a CDN"
+    assert "<script>" not in html, "no inline scripts: the page keeps the strict CSP"
+    for asset in re.findall(r"(?:src|href)=\"(/[^\"]+)\"", html):
+        served = await client.get(asset)
+        assert served.status_code == 200, asset
+        assert len(await served.get_data()) > 0
+    bundle = await client.get("/_docs/swagger/swagger-ui-bundle.js")
+    assert bundle.headers["Content-Type"].startswith(("text/javascript", "application/javascript"))
+
+
+async def test_docs_assets_cannot_escape_their_directory(client: QuartClient) -> None:
+    response = await client.get("/_docs/swagger/..%2F..%2F__init__.py")
+    assert response.status_code == 404
+
+
+async def test_other_doc_uis_are_off(client: QuartClient) -> None:
+    for path in ("/redocs", "/scalar"):
+        assert (await client.get(path)).status_code == 404
