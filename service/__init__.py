@@ -6,7 +6,7 @@ import sys
 
 from quart_schema import Info, QuartSchema
 
-from service import db, errors, log, middleware, redis_client
+from service import db, errors, log, middleware, openapi, redis_client
 from service.application import Switchboard
 from service.blueprints import docs, health
 from service.config import ConfigError, Settings
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Switchboard:
             description="Register agents, assign them work and watch them live.",
         ),
         openapi_path="/openapi.json",
+        openapi_provider_class=openapi.Provider,
         swagger_ui_path=None,  # served by blueprints/docs.py with local assets and a strict CSP
         redoc_ui_path=None,
         scalar_ui_path=None,

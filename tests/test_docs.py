@@ -20,6 +20,17 @@ async def test_openapi_document_describes_the_probes(client: QuartClient) -> Non
     assert set(health["properties"]) == {"status", "timestamp", "version", "service"}
     readiness = spec["paths"]["/readiness"]["get"]["responses"]
     assert {"200", "503"} <= set(readiness)
+
+
+async def test_every_operation_documents_the_error_envelope(client: QuartClient) -> None:
+    spec = await (await client.get("/openapi.json")).get_json()
+    error = spec["components"]["schemas"]["Error"]
+    assert set(error["properties"]) == {"status", "error", "metadata"}
+    for path_item in spec["paths"].values():
+        for operation in path_item.values():
+            for status in ("4XX", "5XX"):
+                schema = operation["responses"][status]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Error"}
     assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
 
 
