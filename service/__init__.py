@@ -6,9 +6,9 @@ import sys
 
 from quart_schema import Info, QuartSchema
 
-from service import db, errors, log, middleware, openapi, redis_client
+from service import db, errors, identity, log, mail, middleware, openapi, passwords, redis_client
 from service.application import Switchboard
-from service.blueprints import docs, health
+from service.blueprints import auth, docs, health
 from service.config import ConfigError, Settings
 
 
@@ -46,7 +46,10 @@ def create_app(settings: Settings | None = None) -> Switchboard:
         redoc_ui_path=None,
         scalar_ui_path=None,
         security_schemes={"bearerAuth": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}},
-        tags=[{"name": "health", "description": "Liveness, readiness and metrics."}],
+        tags=[
+            {"name": "health", "description": "Liveness, readiness and metrics."},
+            {"name": "auth", "description": "Accounts, login sessions and tokens."},
+        ],
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's field order
     _init_sentry(app, settings)
@@ -54,9 +57,13 @@ def create_app(settings: Settings | None = None) -> Switchboard:
     db.init_app(app, settings)
     redis_client.init_app(app, settings)
     middleware.init_app(app, settings)
+    identity.init_app(app, settings)
+    mail.init_app(app, settings)
+    passwords.configure(settings.password_hash_concurrency)
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(docs.blueprint)
+    app.register_blueprint(auth.blueprint)
     return app
 
 

@@ -63,6 +63,35 @@ class Settings(BaseSettings):
     # When set, /metrics answers only to `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: str | None = None
 
+    # Accounts and tokens.
+    access_token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
+    refresh_token_ttl_days: int = Field(default=30, ge=1, le=365)
+    require_email_verification: bool = False
+    password_reset_ttl_minutes: int = Field(default=30, ge=5, le=1440)
+    email_verification_ttl_hours: int = Field(default=48, ge=1, le=720)
+    # Hashes verified at once per process; more would only queue for the same two cores.
+    password_hash_concurrency: int = Field(default=2, ge=1, le=64)
+    # Where links in mails point: the address users reach the service at.
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    # Mail: "log" writes mails to the log (development); "smtp" sends them.
+    mail_backend: Literal["log", "smtp"] = "log"
+    mail_from: str = "Switchboard <switchboard@localhost>"
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_timeout: float = Field(default=10.0, gt=0, le=120)
+
+    # Rate limits, "N/second|minute|hour|day"; stored in Redis when REDIS_URL is set.
+    rate_limit_default: str = "300/minute"
+    rate_limit_login: str = "10/minute"
+    rate_limit_register: str = "5/minute"
+    rate_limits_enabled: bool = True
+    # Proxies in front of the service whose X-Forwarded-For is trusted (0: use the peer address).
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=5)
+
     @field_validator("database_url", mode="before")
     @classmethod
     def _normalise_database_url(cls, value: object) -> str:
@@ -97,7 +126,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin (expected https://host[:port])")
         return origins
 
-    @field_validator("redis_url", "sentry_dsn", "metrics_token", mode="before")
+    @field_validator(
+        "redis_url", "sentry_dsn", "metrics_token", "smtp_username", "smtp_password", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -108,6 +139,19 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("rate_limit_default", "rate_limit_login", "rate_limit_register")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -148,6 +192,17 @@ class Settings(BaseSettings):
         if self.log_format is not None:
             return self.log_format
         return "json" if self.is_production else "console"
+
+
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """'10/minute' -> (10, 60): a count and a period in seconds."""
+    count, _, period = text.strip().partition("/")
+    if not count.isdigit() or int(count) < 1 or period not in _PERIODS:
+        raise ValueError(f"{text!r} is not a rate like '10/minute' (second, minute, hour or day)")
+    return int(count), _PERIODS[period]
 
 
 def describe(error: ValidationError) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,22 @@ def session() -> AsyncSession:
     return current
 
 
+def after_commit(session: AsyncSession, action: Callable[[], Awaitable[None]]) -> None:
+    """Run `action` once `session` commits (cache invalidation that must not precede the commit)."""
+    session.info.setdefault("after_commit", []).append(action)
+
+
+async def commit(session: AsyncSession) -> None:
+    """Commit, then run what was waiting for the commit."""
+    await session.commit()
+    for action in session.info.pop("after_commit", []):
+        await action()
+
+
 async def commit_request_session() -> None:
     current: AsyncSession | None = g.get("db_session")
-    if current is not None and current.in_transaction():
-        await current.commit()
+    if current is not None and (current.in_transaction() or current.info.get("after_commit")):
+        await commit(current)
 
 
 async def _close_request_session(_: BaseException | None) -> None:

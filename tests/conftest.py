@@ -19,6 +19,8 @@ from service.config import Settings
 from service.models.registry import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
+# Reference data the migrations seed (the built-in roles) stays between tests.
+SEEDED_TABLES = frozenset({"roles"})
 
 
 def alembic_config(database_url: str) -> Config:
@@ -67,10 +69,12 @@ async def app(settings: Settings) -> AsyncIterator[Switchboard]:
 
 
 async def _empty_tables(application: Switchboard) -> None:
-    """Each test starts from empty tables; the schema itself stays migrated."""
+    """Each test starts from empty tables (but the seeded ones); the schema itself stays migrated."""
     database = application.extensions["db"]
     async with database.engine.begin() as connection:
         for table in reversed(metadata.sorted_tables):
+            if table.name in SEEDED_TABLES:
+                continue
             await connection.execute(text(f'DELETE FROM "{table.name}"'))  # noqa: S608 - our own table names
     redis = application.extensions.get("redis")
     if redis is not None:

@@ -64,6 +64,7 @@ class Model(DeclarativeBase):
     type_annotation_map: dict[Any, Any] = {
         datetime: UTCDateTime(),
         dict[str, Any]: JSONDocument,
+        list[str]: JSONDocument,
         uuid.UUID: Uuid(),
     }
 

@@ -1,0 +1,66 @@
+"""A small shared key-value cache with expiry: Redis when configured, a dict in the embedded mode.
+
+It holds derived state only (which sessions are live, what each user may do); PostgreSQL stays the
+truth, so a flushed or restarted Redis costs a database read, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+PREFIX = "sb:"
+
+
+class Cache(Protocol):
+    async def get_many(self, keys: list[str]) -> list[str | None]: ...
+    async def set(self, key: str, value: str, ttl_seconds: int) -> None: ...
+    async def delete(self, *keys: str) -> None: ...
+
+
+class MemoryCache:
+    """One process only: the embedded default."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[str, float]] = {}
+
+    async def get_many(self, keys: list[str]) -> list[str | None]:
+        now = time.monotonic()
+        found: list[str | None] = []
+        for key in keys:
+            entry = self._values.get(key)
+            if entry is not None and entry[1] <= now:
+                del self._values[key]
+                entry = None
+            found.append(entry[0] if entry else None)
+        return found
+
+    async def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        if len(self._values) > 100_000:  # bounded: drop everything expired before growing further
+            now = time.monotonic()
+            self._values = {k: v for k, v in self._values.items() if v[1] > now}
+        self._values[key] = (value, time.monotonic() + ttl_seconds)
+
+    async def delete(self, *keys: str) -> None:
+        for key in keys:
+            self._values.pop(key, None)
+
+
+class RedisCache:
+    """Shared by every worker and instance, so an invalidation is seen everywhere at once."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+
+    async def get_many(self, keys: list[str]) -> list[str | None]:
+        values = await self._client.mget([PREFIX + key for key in keys])
+        return [value.decode() if isinstance(value, bytes) else value for value in values]
+
+    async def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        await self._client.set(PREFIX + key, value, ex=ttl_seconds)
+
+    async def delete(self, *keys: str) -> None:
+        if keys:
+            await self._client.delete(*(PREFIX + key for key in keys))

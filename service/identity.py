@@ -1,0 +1,216 @@
+"""Who is calling: quart-auth's `current_user`, resolved from a bearer JWT (API clients) or quart-auth's
+signed cookie (the dashboard), and the `permission_required` / `role_required` decorators.
+
+Route code never parses tokens: it uses the decorators and `current()`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar, cast
+
+from quart import Quart, current_app, g, request
+from quart_auth import Action, AuthUser, QuartAuth, current_user
+from quart_schema import security_scheme
+from sqlalchemy import select
+
+from service import db, errors, tokens
+from service.cache import Cache, MemoryCache, RedisCache
+from service.config import Settings
+from service.models.sessions import LoginSession
+from service.models.users import User
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# How long what a user may do is cached; any change to the user deletes the entry at once.
+GRANTS_TTL_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: uuid.UUID
+    session_id: uuid.UUID | None
+    roles: tuple[str, ...]
+    permissions: frozenset[str]
+
+    def can(self, permission: str) -> bool:
+        return permission in self.permissions
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+class Principal(AuthUser):
+    """quart-auth's user: authenticated only while its session is live and its user active."""
+
+    def __init__(
+        self, auth_id: str | None, action: Action = Action.PASS, *, bearer: str | None = None
+    ) -> None:
+        super().__init__(auth_id, action)
+        self._bearer = bearer
+        self._resolved = False
+        self._identity: Identity | None = None
+
+    @property
+    async def is_authenticated(self) -> bool:
+        return await self.identity() is not None
+
+    async def identity(self) -> Identity | None:
+        if not self._resolved:
+            self._identity = await _resolve(self._bearer, self.auth_id)
+            self._resolved = True
+        return self._identity
+
+
+class Auth(QuartAuth):
+    user_class = Principal
+
+    def resolve_user(self) -> Principal:
+        header = request.headers.get("Authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() == "bearer":
+            return Principal(None, bearer=credential.strip())
+        return Principal(self.load_cookie())
+
+
+def _cache() -> Cache:
+    cache: Cache = current_app.extensions["auth_cache"]
+    return cache
+
+
+async def _resolve(bearer: str | None, cookie_session: str | None) -> Identity | None:
+    settings: Settings = current_app.config["SETTINGS"]
+    if bearer is not None:
+        try:
+            claims = tokens.decode_access_token(settings.secret_key, bearer)
+        except tokens.InvalidToken:
+            return None
+        user_id, session_id = claims.user_id, claims.session_id
+    elif cookie_session is not None:
+        try:
+            session_id = uuid.UUID(cookie_session)
+        except ValueError:
+            return None
+        user_id = None
+    else:
+        return None
+    live_user = await _live_session_user(session_id, settings)
+    if live_user is None or (user_id is not None and live_user != user_id):
+        return None
+    grants = await grants_for(live_user)
+    if grants is None:
+        return None
+    roles, permissions = grants
+    return Identity(live_user, session_id, roles, permissions)
+
+
+async def _live_session_user(session_id: uuid.UUID, settings: Settings) -> uuid.UUID | None:
+    (cached,) = await _cache().get_many([f"sess:{session_id}"])
+    if cached is not None:
+        return uuid.UUID(cached)
+    login = await db.session().get(LoginSession, session_id)
+    if login is None or not login.is_live(datetime.now(UTC)):
+        return None
+    await _cache().set(f"sess:{session_id}", str(login.user_id), settings.access_token_ttl_seconds)
+    return login.user_id
+
+
+async def grants_for(user_id: uuid.UUID) -> tuple[tuple[str, ...], frozenset[str]] | None:
+    """The roles and permissions of a live, active user; None when the user may not act."""
+    (cached,) = await _cache().get_many([f"user:{user_id}"])
+    if cached is not None:
+        value = json.loads(cached)
+    else:
+        user = (await db.session().execute(select(User).where(User.id == user_id))).scalar_one_or_none()
+        allowed = user is not None and user.is_active and not user.is_deleted
+        value = {
+            "allowed": allowed,
+            "roles": user.role_names if user else [],
+            "permissions": sorted(user.permissions) if user else [],
+        }
+        await _cache().set(f"user:{user_id}", json.dumps(value), GRANTS_TTL_SECONDS)
+    if not value["allowed"]:
+        return None
+    return tuple(value["roles"]), frozenset(value["permissions"])
+
+
+def forget_session(session: Any, session_id: uuid.UUID) -> None:
+    """After the commit, every worker and instance stops accepting this session's tokens."""
+    cache = _cache()
+    db.after_commit(session, lambda: cache.delete(f"sess:{session_id}"))
+
+
+def forget_user(session: Any, user_id: uuid.UUID) -> None:
+    """After the commit, the user's next request reloads roles, activity and deletion."""
+    cache = _cache()
+    db.after_commit(session, lambda: cache.delete(f"user:{user_id}"))
+
+
+async def current() -> Identity:
+    """The caller's identity.
+
+    Raises:
+        Unauthorized: no valid, live credentials.
+    """
+    principal = cast(Principal, current_user._get_current_object())  # type: ignore[attr-defined]
+    found = await principal.identity()
+    if found is None:
+        raise errors.Unauthorized()
+    g.user_id = str(found.user_id)
+    return found
+
+
+def permission_required(
+    *permissions: str,
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Refuse callers without every permission listed: 401 unauthenticated, 403 not allowed."""
+
+    def decorate(view: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        @wraps(view)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            caller = await current()
+            missing = [p for p in permissions if not caller.can(p)]
+            if missing:
+                raise errors.Forbidden(details={"missing_permissions": missing})
+            return await view(*args, **kwargs)
+
+        return cast(Callable[P, Awaitable[T]], security_scheme([{"bearerAuth": []}])(guarded))
+
+    return decorate
+
+
+def login_required(view: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    return permission_required()(view)
+
+
+def role_required(*roles: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Refuse callers who hold none of the roles listed."""
+
+    def decorate(view: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        @wraps(view)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            caller = await current()
+            if not set(roles) & set(caller.roles):
+                raise errors.Forbidden(details={"required_roles": list(roles)})
+            return await view(*args, **kwargs)
+
+        return cast(Callable[P, Awaitable[T]], security_scheme([{"bearerAuth": []}])(guarded))
+
+    return decorate
+
+
+def init_app(app: Quart, settings: Settings) -> None:
+    app.config["QUART_AUTH_COOKIE_SECURE"] = settings.is_production
+    Auth(app)
+
+    @app.before_serving
+    async def _open_cache() -> None:
+        redis = app.extensions.get("redis")
+        app.extensions["auth_cache"] = RedisCache(redis) if redis is not None else MemoryCache()

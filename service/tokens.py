@@ -1,0 +1,95 @@
+"""Access tokens (JWT, PyJWT) and opaque secrets (refresh, API and mail tokens), stored only as hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+# Pinned: the algorithm is never taken from the token's header.
+ALGORITHM = "HS256"
+ISSUER = "switchboard"
+AUDIENCE = "switchboard-api"
+LEEWAY_SECONDS = 10
+
+REFRESH_PREFIX = "sbr_"
+API_TOKEN_PREFIX = "sbp_"
+MAIL_PREFIX = "sbm_"
+
+
+class InvalidToken(Exception):
+    """The token is malformed, tampered, expired, of the wrong type or signed with another key."""
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+    roles: tuple[str, ...]
+    expires_at: datetime
+
+
+def _signing_key(secret_key: str) -> bytes:
+    # A key of its own, derived from SECRET_KEY, so JWTs and signed cookies never share a key.
+    return hmac.new(secret_key.encode(), b"switchboard access tokens", hashlib.sha256).digest()
+
+
+def issue_access_token(
+    secret_key: str, user_id: uuid.UUID, session_id: uuid.UUID, roles: list[str], ttl_seconds: int
+) -> str:
+    now = datetime.now(UTC)
+    claims = {
+        "sub": str(user_id),
+        "jti": str(session_id),
+        "roles": roles,
+        "typ": "access",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "nbf": now,
+        "exp": now + timedelta(seconds=ttl_seconds),
+    }
+    return jwt.encode(claims, _signing_key(secret_key), algorithm=ALGORITHM)
+
+
+def decode_access_token(secret_key: str, token: str) -> AccessClaims:
+    """Verify signature, expiry, issuer, audience and type.
+
+    Raises:
+        InvalidToken: for any reason the token cannot be trusted.
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            _signing_key(secret_key),
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            leeway=LEEWAY_SECONDS,
+            options={"require": ["exp", "iat", "nbf", "sub", "jti", "typ"]},
+        )
+        if claims["typ"] != "access":
+            raise InvalidToken("not an access token")
+        return AccessClaims(
+            user_id=uuid.UUID(claims["sub"]),
+            session_id=uuid.UUID(claims["jti"]),
+            roles=tuple(str(role) for role in claims.get("roles", [])),
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        )
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError) as error:
+        raise InvalidToken(str(error)) from None
+
+
+def new_secret(prefix: str) -> str:
+    """An opaque token: a recognisable prefix and 256 random bits."""
+    return prefix + secrets.token_urlsafe(32)
+
+
+def digest(token: str) -> str:
+    """What is stored instead of the token: its SHA-256 (the token has 256 bits of entropy, so no salt)."""
+    return hashlib.sha256(token.encode()).hexdigest()
