@@ -9,7 +9,7 @@ from quart import Blueprint
 from quart_schema import validate_request
 from sqlalchemy import text
 
-from service import db, errors
+from service import db, errors, identity
 
 blueprint = Blueprint("probes", __name__, url_prefix="/_probe")
 
@@ -51,3 +51,21 @@ async def post_note(note: str) -> dict[str, object]:
 async def post_note_then_fail(note: str) -> dict[str, object]:
     await db.session().execute(text("INSERT INTO probe_notes (body) VALUES (:body)"), {"body": note})
     raise errors.Conflict("Refused after writing.")
+
+
+@blueprint.get("/needs-permission")
+@identity.permission_required("users:write")
+async def get_needs_permission() -> dict[str, object]:
+    return {"ok": True}
+
+
+@blueprint.get("/needs-role")
+@identity.role_required("admin")
+async def get_needs_role() -> dict[str, object]:
+    return {"ok": True}
+
+
+@blueprint.get("/needs-viewer")
+@identity.role_required("viewer")
+async def get_needs_viewer() -> dict[str, object]:
+    return {"ok": True}

@@ -236,3 +236,29 @@ async def test_names_are_unique_among_live_users_only(client: QuartClient, app: 
         await session.commit()
     again = await register(client, "Ada", "ada@example.com")
     assert again["username"] == "Ada"
+
+
+async def test_permission_and_role_guards(settings: object) -> None:
+    from service.config import Settings
+
+    from .. import probes
+
+    assert isinstance(settings, Settings)
+    app = create_app(settings)
+    app.register_blueprint(probes.blueprint)
+    async with app.test_app():
+        client = app.test_client()
+        await register(client, "vic")
+        token = (await login(client, "vic"))["access_token"]
+        for path in ("/_probe/needs-permission", "/_probe/needs-role"):
+            assert (await client.get(path)).status_code == 401
+            denied = await client.get(path, headers=bearer(token))
+            assert denied.status_code == 403
+            assert (await denied.get_json())["error"]["code"] == "FORBIDDEN"
+        allowed = await client.get("/_probe/needs-viewer", headers=bearer(token))
+        assert allowed.status_code == 200
+        async with app.extensions["db"].engine.begin() as connection:
+            from sqlalchemy import text
+
+            for table in ("login_sessions", "audit_events", "user_roles", "users"):
+                await connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
