@@ -167,23 +167,34 @@ async def current() -> Identity:
     return found
 
 
-def permission_required(
-    *permissions: str,
+def _guard(
+    refusal: Callable[[Identity], errors.Forbidden | None],
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-    """Refuse callers without every permission listed: 401 unauthenticated, 403 not allowed."""
+    """A view decorator: 401 unauthenticated, the refusal's 403 when it returns one."""
 
     def decorate(view: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         @wraps(view)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-            caller = await current()
-            missing = [p for p in permissions if not caller.can(p)]
-            if missing:
-                raise errors.Forbidden(details={"missing_permissions": missing})
+            refused = refusal(await current())
+            if refused is not None:
+                raise refused
             return await view(*args, **kwargs)
 
         return cast(Callable[P, Awaitable[T]], security_scheme([{"bearerAuth": []}])(guarded))
 
     return decorate
+
+
+def permission_required(
+    *permissions: str,
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Refuse callers without every permission listed."""
+
+    def refusal(caller: Identity) -> errors.Forbidden | None:
+        missing = [p for p in permissions if not caller.can(p)]
+        return errors.Forbidden(details={"missing_permissions": missing}) if missing else None
+
+    return _guard(refusal)
 
 
 def login_required(view: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -193,17 +204,11 @@ def login_required(view: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
 def role_required(*roles: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
     """Refuse callers who hold none of the roles listed."""
 
-    def decorate(view: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        @wraps(view)
-        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-            caller = await current()
-            if not set(roles) & set(caller.roles):
-                raise errors.Forbidden(details={"required_roles": list(roles)})
-            return await view(*args, **kwargs)
+    def refusal(caller: Identity) -> errors.Forbidden | None:
+        held = set(roles) & set(caller.roles)
+        return None if held else errors.Forbidden(details={"required_roles": list(roles)})
 
-        return cast(Callable[P, Awaitable[T]], security_scheme([{"bearerAuth": []}])(guarded))
-
-    return decorate
+    return _guard(refusal)
 
 
 def init_app(app: Quart, settings: Settings) -> None:
