@@ -6,9 +6,21 @@ import sys
 
 from quart_schema import Info, QuartSchema
 
-from service import db, errors, identity, log, mail, middleware, openapi, passwords, redis_client
+from service import (
+    cli,
+    db,
+    errors,
+    identity,
+    log,
+    mail,
+    middleware,
+    openapi,
+    passwords,
+    rate_limits,
+    redis_client,
+)
 from service.application import Switchboard
-from service.blueprints import auth, docs, health
+from service.blueprints import api, auth, docs, health
 from service.config import ConfigError, Settings
 
 
@@ -49,6 +61,8 @@ def create_app(settings: Settings | None = None) -> Switchboard:
         tags=[
             {"name": "health", "description": "Liveness, readiness and metrics."},
             {"name": "auth", "description": "Accounts, login sessions and tokens."},
+            {"name": "users", "description": "User management, roles and login sessions."},
+            {"name": "audit", "description": "The audit log of security-relevant actions."},
         ],
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's field order
@@ -58,12 +72,16 @@ def create_app(settings: Settings | None = None) -> Switchboard:
     redis_client.init_app(app, settings)
     middleware.init_app(app, settings)
     identity.init_app(app, settings)
+    rate_limits.init_app(app, settings)
     mail.init_app(app, settings)
     passwords.configure(settings.password_hash_concurrency)
+
+    cli.init_app(app, settings)
 
     app.register_blueprint(health.blueprint)
     app.register_blueprint(docs.blueprint)
     app.register_blueprint(auth.blueprint)
+    app.register_blueprint(api.blueprint)
     return app
 
 

@@ -11,6 +11,15 @@ from service import db, errors
 
 
 class JSONRequest(Request):
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        try:
+            return await super().get_json(force, silent, cache)
+        except UnicodeDecodeError:
+            # Quart decodes the body before its own error handling starts; JSON must be UTF-8.
+            if silent:
+                return None
+            raise errors.MalformedRequest("The request body is not valid UTF-8.") from None
+
     def on_json_loading_failed(self, error: Exception) -> NoReturn:
         # The decoder's message names the line and column, which helps the caller and leaks nothing.
         raise errors.MalformedRequest(f"The request body is not valid JSON: {error}")

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from quart import current_app
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -87,6 +88,9 @@ class Settings(BaseSettings):
     # Rate limits, "N/second|minute|hour|day"; stored in Redis when REDIS_URL is set.
     rate_limit_default: str = "300/minute"
     rate_limit_login: str = "10/minute"
+    # Per username on top of the above: at most this many login attempts on one account, whatever the
+    # address, so a slow guesser gets no more than 100 tries an hour (ASVS 6.3.1).
+    rate_limit_login_account: str = "100/hour"
     rate_limit_register: str = "5/minute"
     rate_limits_enabled: bool = True
     # Proxies in front of the service whose X-Forwarded-For is trusted (0: use the peer address).
@@ -140,7 +144,9 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
-    @field_validator("rate_limit_default", "rate_limit_login", "rate_limit_register")
+    @field_validator(
+        "rate_limit_default", "rate_limit_login", "rate_limit_login_account", "rate_limit_register"
+    )
     @classmethod
     def _check_rate(cls, value: str) -> str:
         parse_rate(value)
@@ -213,3 +219,9 @@ def describe(error: ValidationError) -> str:
         message = str(item["msg"]).removeprefix("Value error, ")
         problems.append(f"{name}: {message}" if item["loc"] else message)
     return "; ".join(problems)
+
+
+def current() -> Settings:
+    """The running application's settings; call inside an app context."""
+    settings: Settings = current_app.config["SETTINGS"]
+    return settings

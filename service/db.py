@@ -91,7 +91,10 @@ def session() -> AsyncSession:
     return current
 
 
-def after_commit(session: AsyncSession, action: Callable[[], Awaitable[None]]) -> None:
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+def after_commit(session: AsyncSession, action: AfterCommit) -> None:
     """Run `action` once `session` commits (cache invalidation that must not precede the commit)."""
     session.info.setdefault("after_commit", []).append(action)
 

@@ -51,6 +51,28 @@ class MalformedRequest(ValidationFailed):
     default_message = "The request is malformed."
 
 
+class WeakPassword(APIError):
+    """The password breaks the policy: the details list every rule it breaks."""
+
+    status = 400
+    code = "WEAK_PASSWORD"
+    default_message = "The password does not meet the policy."
+
+    def __init__(self, broken: list[str]) -> None:
+        super().__init__(None, {"password": broken})
+
+
+class FieldsNotAllowed(APIError):
+    """Fields the caller may not set (no mass assignment): the details name them."""
+
+    status = 400
+    code = "FIELDS_NOT_ALLOWED"
+    default_message = "The request sets fields that are not allowed."
+
+    def __init__(self, fields: list[str], message: str | None = None) -> None:
+        super().__init__(message, {"fields": sorted(fields)})
+
+
 class Unauthorized(APIError):
     status = 401
     code = "UNAUTHORIZED"
@@ -181,6 +203,10 @@ async def _on_api_error(error: APIError) -> Response:
 async def _on_schema_error(error: RequestSchemaValidationError) -> Response:
     cause = error.validation_error
     if isinstance(cause, ValidationError):
+        problems = cause.errors(include_url=False, include_context=False, include_input=False)
+        if problems and all(item["type"] == "extra_forbidden" for item in problems):
+            # Unknown or read-only fields (id, password_hash, …) are refused by name, not merely invalid.
+            return render(FieldsNotAllowed([".".join(str(p) for p in item["loc"]) for item in problems]))
         return render(ValidationFailed(details=field_details(cause)))
     return render(ValidationFailed(details={"body": [str(cause)]}))
 

@@ -19,10 +19,10 @@ from quart_auth import Action, AuthUser, QuartAuth, current_user
 from quart_schema import security_scheme
 from sqlalchemy import select
 
-from service import db, errors, tokens
+from service import config, db, errors, tokens
 from service.cache import Cache, MemoryCache, RedisCache
 from service.config import Settings
-from service.models.sessions import LoginSession
+from service.models.sessions import ApiToken, LoginSession
 from service.models.users import User
 
 P = ParamSpec("P")
@@ -38,6 +38,8 @@ class Identity:
     session_id: uuid.UUID | None
     roles: tuple[str, ...]
     permissions: frozenset[str]
+    # Set when the caller uses a personal API token rather than a login session.
+    api_token_id: uuid.UUID | None = None
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions
@@ -45,6 +47,19 @@ class Identity:
     @property
     def is_admin(self) -> bool:
         return "admin" in self.roles
+
+
+@dataclass(frozen=True)
+class Client:
+    """Where a request came from, for session records and the audit log."""
+
+    ip: str | None
+    user_agent: str | None
+
+
+def client() -> Client:
+    """The current request's client (its address as the trusted proxy settings resolve it)."""
+    return Client(ip=request.remote_addr, user_agent=request.headers.get("User-Agent"))
 
 
 class Principal(AuthUser):
@@ -86,7 +101,9 @@ def _cache() -> Cache:
 
 
 async def _resolve(bearer: str | None, cookie_session: str | None) -> Identity | None:
-    settings: Settings = current_app.config["SETTINGS"]
+    settings = config.current()
+    if bearer is not None and bearer.startswith(tokens.API_TOKEN_PREFIX):
+        return await _resolve_api_token(bearer)
     if bearer is not None:
         try:
             claims = tokens.decode_access_token(settings.secret_key, bearer)
@@ -111,6 +128,36 @@ async def _resolve(bearer: str | None, cookie_session: str | None) -> Identity |
     return Identity(live_user, session_id, roles, permissions)
 
 
+async def _resolve_api_token(secret: str) -> Identity | None:
+    token_hash = tokens.digest(secret)
+    (cached,) = await _cache().get_many([f"apitok:{token_hash}"])
+    if cached is not None:
+        value = json.loads(cached)
+    else:
+        token = (
+            await db.session().execute(select(ApiToken).where(ApiToken.token_hash == token_hash))
+        ).scalar_one_or_none()
+        if token is None or token.revoked_at is not None:
+            return None
+        # Written once per cache period, not per request: "last used" to within a few minutes is enough.
+        token.last_used_at = datetime.now(UTC)
+        value = {
+            "id": str(token.id),
+            "user_id": str(token.user_id),
+            "scopes": token.scopes,
+            "expires_at": token.expires_at.isoformat() if token.expires_at else None,
+        }
+        await _cache().set(f"apitok:{token_hash}", json.dumps(value), GRANTS_TTL_SECONDS)
+    if value["expires_at"] is not None and datetime.fromisoformat(value["expires_at"]) <= datetime.now(UTC):
+        return None
+    user_id = uuid.UUID(value["user_id"])
+    grants = await grants_for(user_id)
+    if grants is None:
+        return None
+    roles, held = grants
+    return Identity(user_id, None, roles, held & frozenset(value["scopes"]), uuid.UUID(value["id"]))
+
+
 async def _live_session_user(session_id: uuid.UUID, settings: Settings) -> uuid.UUID | None:
     (cached,) = await _cache().get_many([f"sess:{session_id}"])
     if cached is not None:
@@ -124,7 +171,7 @@ async def _live_session_user(session_id: uuid.UUID, settings: Settings) -> uuid.
 
 async def grants_for(user_id: uuid.UUID) -> tuple[tuple[str, ...], frozenset[str]] | None:
     """The roles and permissions of a live, active user; None when the user may not act."""
-    (cached,) = await _cache().get_many([f"user:{user_id}"])
+    (cached,) = await _cache().get_many([user_key(user_id)])
     if cached is not None:
         value = json.loads(cached)
     else:
@@ -135,7 +182,7 @@ async def grants_for(user_id: uuid.UUID) -> tuple[tuple[str, ...], frozenset[str
             "roles": user.role_names if user else [],
             "permissions": sorted(user.permissions) if user else [],
         }
-        await _cache().set(f"user:{user_id}", json.dumps(value), GRANTS_TTL_SECONDS)
+        await _cache().set(user_key(user_id), json.dumps(value), GRANTS_TTL_SECONDS)
     if not value["allowed"]:
         return None
     return tuple(value["roles"]), frozenset(value["permissions"])
@@ -147,10 +194,21 @@ def forget_session(session: Any, session_id: uuid.UUID) -> None:
     db.after_commit(session, lambda: cache.delete(f"sess:{session_id}"))
 
 
+def user_key(user_id: uuid.UUID) -> str:
+    """The cache key of what a user may do."""
+    return f"user:{user_id}"
+
+
+def forget_api_token(session: Any, token_hash: str) -> None:
+    """After the commit, the revoked personal token is refused everywhere."""
+    cache = _cache()
+    db.after_commit(session, lambda: cache.delete(f"apitok:{token_hash}"))
+
+
 def forget_user(session: Any, user_id: uuid.UUID) -> None:
     """After the commit, the user's next request reloads roles, activity and deletion."""
     cache = _cache()
-    db.after_commit(session, lambda: cache.delete(f"user:{user_id}"))
+    db.after_commit(session, lambda: cache.delete(user_key(user_id)))
 
 
 async def current() -> Identity:

@@ -41,13 +41,19 @@ class Mailer(Protocol):
 
 
 class LogMailer:
-    """Writes each mail to the log instead of sending it: the development default."""
+    """Writes each mail to the log instead of sending it: the development default.
+
+    In production the body is withheld: it carries one-time links (password reset, email verification),
+    and tokens do not belong in production logs. Configure SMTP there to actually send mail.
+    """
+
+    def __init__(self, show_body: bool = True) -> None:
+        self._show_body = show_body
 
     async def send(self, message: Message) -> None:
-        # The body carries links with one-time tokens (password reset, email verification). Writing them to
-        # the development log is the point of this backend; production uses SMTP. The redaction in
-        # service.log matches key names only, so `body` passes through on purpose.
-        logger.info("mail", to=message.to, subject=message.subject, body=message.body)
+        # The redaction in service.log matches key names only, so `body` passes through on purpose when shown.
+        body = message.body if self._show_body else "(withheld in production; set MAIL_BACKEND=smtp)"
+        logger.info("mail", to=message.to, subject=message.subject, body=body)
 
 
 class SMTPMailer:
@@ -103,16 +109,48 @@ def mailer_for(settings: Settings) -> Mailer:
     """The backend MAIL_BACKEND names."""
     match settings.mail_backend:
         case "log":
-            return LogMailer()
+            return LogMailer(show_body=not settings.is_production)
         case "smtp":
             return SMTPMailer(settings)
         case _:
             assert_never(settings.mail_backend)
 
 
+# Mails in flight: the loop keeps only weak references to tasks, and shutdown waits for these.
+_in_flight: set[asyncio.Task[None]] = set()
+
+
+def send_soon(mailer: Mailer, message: Message) -> None:
+    """Send in the background: the request that asked for the mail does not wait for SMTP.
+
+    Besides speed this keeps timing equal: /auth/password/forgot answers as fast for an unknown address
+    as for a known one. A failure is logged; the user can ask again.
+    """
+    task = asyncio.get_running_loop().create_task(_deliver(mailer, message))
+    _in_flight.add(task)
+    task.add_done_callback(_in_flight.discard)
+
+
+async def _deliver(mailer: Mailer, message: Message) -> None:
+    try:
+        await mailer.send(message)
+    except MailError as error:
+        logger.warning("mail_not_sent", subject=message.subject, error=str(error))
+
+
+async def drain(within: float) -> None:
+    """Wait (up to `within` seconds) for mails still being sent."""
+    if _in_flight:
+        await asyncio.wait(set(_in_flight), timeout=within)
+
+
 def init_app(app: Quart, settings: Settings) -> None:
     # Building a mailer opens no connection (SMTP connects per send), so it can happen at app creation.
     app.extensions["mailer"] = mailer_for(settings)
+
+    @app.after_serving
+    async def _finish_sending() -> None:
+        await drain(settings.smtp_timeout)
 
 
 def current_mailer() -> Mailer:

@@ -3,8 +3,9 @@ set, for real PostgreSQL and Redis; a migrated database; a fresh app and client 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from service import create_app
 from service.application import Switchboard
 from service.config import Settings
 from service.models.registry import metadata
+
+from .smtp_sink import sink  # noqa: F401 - the fixture, shared by the mail tests
 
 ROOT = Path(__file__).resolve().parents[1]
 # Reference data the migrations seed (the built-in roles) stays between tests.
@@ -65,10 +68,31 @@ async def app(settings: Settings) -> AsyncIterator[Switchboard]:
     application = create_app(settings)
     async with application.test_app():
         yield application
-        await _empty_tables(application)
+        await empty_tables(application)
 
 
-async def _empty_tables(application: Switchboard) -> None:
+AppMaker = Callable[..., Awaitable[Switchboard]]
+
+
+@pytest.fixture
+async def make_app(database_url: str) -> AsyncIterator[AppMaker]:
+    """Build apps with other settings (`await make_app(require_email_verification=True)`), serving until
+    the test ends, then emptied like the `app` fixture."""
+    built: list[Switchboard] = []
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def build(**overrides: object) -> Switchboard:
+            application = create_app(make_settings(database_url, **overrides))
+            await stack.enter_async_context(application.test_app())
+            built.append(application)
+            return application
+
+        yield build
+        if built:
+            await empty_tables(built[0])
+
+
+async def empty_tables(application: Switchboard) -> None:
     """Each test starts from empty tables (but the seeded ones); the schema itself stays migrated."""
     database = application.extensions["db"]
     async with database.engine.begin() as connection:

@@ -62,6 +62,15 @@ async def test_malformed_json_is_a_400(probe_client: QuartClient) -> None:
     assert "not valid JSON" in str(error["message"])
 
 
+async def test_a_body_that_is_not_utf8_is_a_400(probe_client: QuartClient) -> None:
+    response = await probe_client.post(
+        "/_probe/echo", data=b'{"name": "\xff\xfe"}', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    error = assert_envelope(await response.get_json(), "VALIDATION_ERROR")
+    assert "UTF-8" in str(error["message"])
+
+
 async def test_invalid_fields_are_a_422_with_per_field_details(probe_client: QuartClient) -> None:
     response = await probe_client.post("/_probe/echo", json={"name": "", "count": -1})
     assert response.status_code == 422

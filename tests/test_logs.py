@@ -9,7 +9,8 @@ import pytest
 
 from service import create_app, log
 
-from .conftest import make_settings
+from .accounts import PASSWORD, bearer, login, register
+from .conftest import empty_tables, make_settings
 
 
 @pytest.fixture
@@ -53,3 +54,44 @@ def test_secrets_are_redacted_from_log_lines(json_lines) -> None:  # type: ignor
     assert "hunter2" not in raw
     assert "abc.def" not in raw
     assert any(line["event"] == "plain message" for line in lines)
+
+
+async def test_no_secret_reaches_the_log_in_a_whole_account_story(database_url: str, json_lines) -> None:  # type: ignore[no-untyped-def]
+    """Register, fail a login, log in, refresh, use tokens, change the password, log out: the log holds
+    no password, token, Authorization header or password hash."""
+    app = create_app(make_settings(database_url, log_format="json"))
+    new_password = "Brand-New-Kettle-7"
+    async with app.test_app():
+        client = app.test_client()
+        json_lines()
+        user = await register(client, "logan")
+        await client.post("/auth/login", json={"username": "logan", "password": "Wrong-Guess-99"})
+        pair = await login(client, "logan")
+        refreshed = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        renewed = (await refreshed.get_json())["data"]
+        headers = bearer(renewed["access_token"])
+        created = await client.post(
+            "/auth/tokens", json={"name": "ci", "scopes": ["agents:read"]}, headers=headers
+        )
+        api_token = (await created.get_json())["data"]["token"]
+        await client.get("/auth/me", headers=bearer(api_token))
+        await client.get("/auth/me", headers=bearer(pair["access_token"] + "x"))  # a tampered token
+        await client.patch(
+            f"/api/v1/users/{user['id']}",
+            json={"password": new_password, "current_password": PASSWORD},
+            headers=headers,
+        )
+        await client.post("/auth/logout", headers=headers)
+        await empty_tables(app)
+    raw = json.dumps(json_lines())
+    assert '"event": "request"' in raw  # the story was logged...
+    secrets = [PASSWORD, "Wrong-Guess-99", new_password, api_token, "Bearer ", "$argon2"]
+    secrets += [
+        pair["access_token"],
+        pair["refresh_token"],
+        renewed["access_token"],
+        renewed["refresh_token"],
+    ]
+    secrets += [token.rsplit(".", 1)[-1] for token in (pair["access_token"], renewed["access_token"])]
+    for secret in secrets:
+        assert secret not in raw, secret  # ...and none of its secrets

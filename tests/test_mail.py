@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import email
 import json
 import logging
-import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email.message import Message as ParsedMail
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from quart import Quart
 
 from service import log, mail
 from service.config import Settings
+
+from .smtp_sink import Sink, free_port
 
 SENDER = "Switchboard <noreply@switchboard.test>"
 MESSAGE = mail.Message(
@@ -26,52 +22,6 @@ MESSAGE = mail.Message(
     subject="Reset your password",
     body="Open http://127.0.0.1:8000/reset?token=one-time-abc to choose a new password.\n",
 )
-
-
-@dataclass
-class Sink:
-    """What the SMTP server received: parsed mails and the credentials offered to AUTH."""
-
-    port: int
-    mails: list[ParsedMail] = field(default_factory=list)
-    logins: list[tuple[str, str]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd hook
-        self.mails.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-    def authenticate(
-        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        assert isinstance(auth_data, LoginPassword)
-        self.logins.append((auth_data.login.decode(), auth_data.password.decode()))
-        return AuthResult(success=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
-    # aiosmtpd logs every connection from its own thread; earlier tests may have left the root handler
-    # writing to a capture stream that is closed by now.
-    monkeypatch.setattr(logging.getLogger("mail.log"), "disabled", True)
-    sink = Sink(port=free_port())
-    # AUTH over a plain connection is refused unless auth_require_tls is off: fine on loopback in a test.
-    controller = Controller(
-        sink,
-        hostname="127.0.0.1",
-        port=sink.port,
-        authenticator=sink.authenticate,
-        auth_require_tls=False,
-    )
-    controller.start()
-    yield sink
-    controller.stop()
 
 
 def smtp_settings(port: int, **overrides: Any) -> Settings:
@@ -151,6 +101,19 @@ async def test_log_mailer_writes_one_mail_event(capsys: pytest.CaptureFixture[st
     assert events[0]["subject"] == MESSAGE.subject
     assert events[0]["body"] == MESSAGE.body
     assert events[0]["level"] == "info"
+
+
+@pytest.mark.usefixtures("restore_root_handlers")
+async def test_log_mailer_withholds_links_in_production(capsys: pytest.CaptureFixture[str]) -> None:
+    log.configure("INFO", "json")
+    capsys.readouterr()
+    production = Settings(_env_file=None, app_env="production", secret_key="x" * 40, mail_backend="log")  # type: ignore[call-arg]
+
+    await mail.mailer_for(production).send(MESSAGE)
+
+    err = capsys.readouterr().err
+    assert "one-time-abc" not in err
+    assert "withheld" in err
 
 
 def test_mailer_for_follows_the_mail_backend() -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 from quart import Blueprint, Response, current_app, request
 from quart_schema import hide, tag, validate_response
 
-from service import errors, metrics
-from service.config import Settings
+from service import config, errors, metrics
 from service.schemas.health import HealthOut, ReadinessOut
 from service.services import health
 
@@ -43,7 +42,7 @@ async def get_readiness() -> tuple[ReadinessOut, int, dict[str, str]]:
     Checks the database, Redis (when configured) and free disk space, each within a deadline;
     503 with `"status": "not_ready"` when a required check fails.
     """
-    settings: Settings = current_app.config["SETTINGS"]
+    settings = config.current()
     deadline = settings.readiness_timeout
     probes = {"database": health.check_database(current_app.extensions.get("db"), deadline)}
     if "redis" in current_app.extensions:
@@ -59,7 +58,7 @@ async def get_readiness() -> tuple[ReadinessOut, int, dict[str, str]]:
 @hide
 async def get_metrics() -> Response:
     """Prometheus metrics in the text exposition format."""
-    token: str | None = current_app.config["SETTINGS"].metrics_token
+    token = config.current().metrics_token
     if token is not None:
         offered = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if not hmac.compare_digest(offered.encode(), token.encode()):

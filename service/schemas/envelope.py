@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import request_ids
+from service.pagination import PageQuery
 
 T = TypeVar("T")
 
@@ -61,6 +62,11 @@ class Page(BaseModel, Generic[T]):
     data: list[T]
     pagination: Pagination
     metadata: Metadata = Field(default_factory=Metadata)
+
+    @classmethod
+    def of(cls, items: list[T], query: PageQuery, total: int) -> Self:
+        """The page `query` asked for, holding `items`, out of `total`."""
+        return cls(data=items, pagination=Pagination.of(query.page, query.per_page, total))
 
 
 class ErrorBody(BaseModel):

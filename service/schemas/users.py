@@ -8,10 +8,15 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
+from service.pagination import PageQuery
+
 if TYPE_CHECKING:
     from service.models.users import User
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.\-]{3,80}$"
+# Long enough for any sane passphrase; the policy (8-128) is checked by the service with named rules.
+PASSWORD_MAX = 1024
+Sort = Literal["created_at", "-created_at", "username", "-username", "email", "-email"]
 
 
 class RegisterIn(BaseModel):
@@ -19,20 +24,93 @@ class RegisterIn(BaseModel):
 
     username: str = Field(pattern=USERNAME_PATTERN, examples=["ada_l"])
     email: EmailStr = Field(max_length=254, examples=["ada@example.com"])
-    password: str = Field(min_length=1, max_length=1024, examples=["Correct-Horse-42"])
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX, examples=["Correct-Horse-42"])
 
 
 class LoginIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     username: str = Field(min_length=1, max_length=254, description="The username or the email address.")
-    password: str = Field(min_length=1, max_length=1024)
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX)
 
 
 class RefreshIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class UserCreateIn(BaseModel):
+    """An account made by an admin: roles and activity may be set at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(pattern=USERNAME_PATTERN, examples=["grace_h"])
+    email: EmailStr = Field(max_length=254, examples=["grace@example.com"])
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX, examples=["Correct-Horse-42"])
+    roles: list[str] | None = Field(
+        default=None,
+        max_length=10,
+        description="Role names; the default role when omitted.",
+        examples=[["operator"]],
+    )
+    is_active: bool = True
+
+
+class UserPatchIn(BaseModel):
+    """Fields to change; those left out keep their value.
+
+    Anyone may change their own username, email and password (the last two need `current_password`);
+    only admins may change `roles`, `is_active` or another user.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str | None = Field(default=None, pattern=USERNAME_PATTERN)
+    email: EmailStr | None = Field(default=None, max_length=254)
+    password: str | None = Field(default=None, min_length=1, max_length=PASSWORD_MAX)
+    current_password: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=PASSWORD_MAX,
+        description="Required to change your own email or password.",
+    )
+    roles: list[str] | None = Field(default=None, max_length=10, examples=[["viewer"]])
+    is_active: bool | None = None
+
+
+class UserPutIn(UserPatchIn):
+    """The whole editable user: username and email are required."""
+
+    username: str = Field(pattern=USERNAME_PATTERN)
+    email: EmailStr = Field(max_length=254)
+
+
+class UserQuery(PageQuery):
+    q: str | None = Field(default=None, max_length=100, description="Part of the username or email.")
+    role: str | None = Field(default=None, max_length=40)
+    is_active: bool | None = None
+    include_deleted: bool = Field(default=False, description="Admins only: include soft-deleted users.")
+    sort: Sort = "-created_at"
+
+
+class ForgotPasswordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: EmailStr = Field(max_length=254)
+
+
+class ResetPasswordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=512)
+    password: str = Field(min_length=1, max_length=PASSWORD_MAX)
+
+
+class VerifyEmailIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=512)
 
 
 class TokenPairOut(BaseModel):
@@ -52,6 +130,9 @@ class UserOut(BaseModel):
     roles: list[str]
     created_at: datetime
     updated_at: datetime
+    deleted_at: datetime | None = Field(
+        description="Set when the user was soft-deleted (admins only see these)."
+    )
 
     @classmethod
     def from_user(cls, user: User) -> UserOut:
@@ -63,6 +144,7 @@ class UserOut(BaseModel):
             roles=user.role_names,
             created_at=user.created_at,
             updated_at=user.updated_at,
+            deleted_at=user.deleted_at,
         )
 
 

@@ -20,40 +20,93 @@ BAD_CREDENTIALS = "Invalid username or password."
 
 
 @dataclass(frozen=True)
-class Client:
-    """Where a request came from, for session records and the audit log."""
-
-    ip: str | None
-    user_agent: str | None
-
-
-@dataclass(frozen=True)
 class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
 
 
-async def register(session: AsyncSession, username: str, email: str, password: str, client: Client) -> User:
-    """Create a user with the default role.
+async def register(
+    session: AsyncSession, username: str, email: str, password: str, client: identity.Client
+) -> User:
+    """Someone signs up: a user with the default role.
 
     Raises:
-        ValidationFailed: the password breaks the policy (details name each rule).
+        WeakPassword: the password breaks the policy (details name each rule).
         Conflict: the username or email is taken by a live user.
     """
-    broken = passwords.policy_violations(password)
-    if broken:
-        raise errors.ValidationFailed("The password does not meet the policy.", details={"password": broken})
+    user = await new_user(session, username, email, password)
+    audit.record(
+        session, audit.REGISTERED, actor_id=user.id, target_type="user", target_id=user.id, ip=client.ip
+    )
+    return user
+
+
+async def new_user(session: AsyncSession, username: str, email: str, password: str) -> User:
+    """Add a user with the default role (flushed, so it has its id).
+
+    Raises:
+        WeakPassword: the password breaks the policy (details name each rule).
+        Conflict: the username or email is taken by a live user.
+    """
+    require_strong(password)
     await ensure_unique(session, username=username, email=email)
     role = (await session.execute(select(Role).where(Role.name == permissions.DEFAULT_ROLE))).scalar_one()
     user = User(username=username, email=email.lower(), password_hash=await passwords.hash_password(password))
     user.roles = [role]
     session.add(user)
     await session.flush()
-    audit.record(
-        session, audit.REGISTERED, actor_id=user.id, target_type="user", target_id=user.id, ip=client.ip
-    )
     return user
+
+
+async def make_admin(
+    session: AsyncSession, username: str, email: str | None, password: str | None
+) -> tuple[User, str]:
+    """Promote the live user with this username to admin, or create them.
+
+    Returns the user and what happened: "created", "promoted" or "unchanged" (already an active admin).
+    Bootstrapping: the first admin comes from here, never from a default account.
+
+    Raises:
+        ValidationFailed: a new user needs an email and a password.
+        WeakPassword / Conflict: as new_user.
+    """
+    user = await find_user(session, username)
+    outcome = "promoted"
+    if user is None:
+        if not email or not password:
+            raise errors.ValidationFailed("A new admin needs an email and a password.")
+        user = await new_user(session, username, email, password)
+        # The operator vouches for the address; an admin must not be locked out by verification.
+        user.email_verified_at = datetime.now(UTC)
+        outcome = "created"
+    elif permissions.ADMIN in user.role_names and user.is_active:
+        return user, "unchanged"
+    admin = (await session.execute(select(Role).where(Role.name == permissions.ADMIN))).scalar_one()
+    if admin not in user.roles:
+        user.roles = [*user.roles, admin]
+    user.is_active = True
+    audit.record(
+        session,
+        audit.ROLES_CHANGED,
+        target_type="user",
+        target_id=user.id,
+        details={"after": user.role_names, "by": "command line"},
+    )
+    return user, outcome
+
+
+async def find_user(session: AsyncSession, username: str) -> User | None:
+    """The live user with this username (case-insensitive)."""
+    query = select(User).where(func.lower(User.username) == username.lower(), User.deleted_at.is_(None))
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+def require_strong(password: str) -> None:
+    """Raises WeakPassword naming every rule of the policy the password breaks."""
+    broken = passwords.policy_violations(password)
+    if broken:
+        raise errors.WeakPassword(broken)
 
 
 async def ensure_unique(
@@ -76,7 +129,7 @@ async def ensure_unique(
 
 
 async def login(
-    session: AsyncSession, settings: Settings, username: str, password: str, client: Client
+    session: AsyncSession, settings: Settings, username: str, password: str, client: identity.Client
 ) -> TokenPair:
     """Check the credentials and open a login session.
 
@@ -110,7 +163,7 @@ async def login(
 
 
 async def _refuse(
-    session: AsyncSession, user_id: uuid.UUID | None, username: str, client: Client, reason: str
+    session: AsyncSession, user_id: uuid.UUID | None, username: str, client: identity.Client, reason: str
 ) -> TokenPair:
     audit.record(
         session,
@@ -125,7 +178,9 @@ async def _refuse(
     raise errors.Unauthorized(BAD_CREDENTIALS)
 
 
-async def _open_session(session: AsyncSession, settings: Settings, user: User, client: Client) -> TokenPair:
+async def _open_session(
+    session: AsyncSession, settings: Settings, user: User, client: identity.Client
+) -> TokenPair:
     now = datetime.now(UTC)
     login_session = LoginSession(
         user_id=user.id,
@@ -153,7 +208,9 @@ def _issue(session: AsyncSession, settings: Settings, user: User, login_session:
     return TokenPair(access, refresh, settings.access_token_ttl_seconds)
 
 
-async def refresh(session: AsyncSession, settings: Settings, presented: str, client: Client) -> TokenPair:
+async def refresh(
+    session: AsyncSession, settings: Settings, presented: str, client: identity.Client
+) -> TokenPair:
     """Rotate a refresh token: the presented one is spent and a new pair is issued.
 
     Presenting a token that was already spent means it was copied: the whole login session ends.
@@ -211,13 +268,42 @@ async def revoke_session(session: AsyncSession, login_session: LoginSession, rea
     identity.forget_session(session, login_session.id)
 
 
-async def logout(session: AsyncSession, session_id: uuid.UUID, user_id: uuid.UUID, client: Client) -> None:
-    login_session = await session.get(LoginSession, session_id)
-    if login_session is None or login_session.user_id != user_id:
+async def end_sessions(
+    session: AsyncSession, user_id: uuid.UUID, reason: str, keep: uuid.UUID | None = None
+) -> int:
+    """Revoke every live login session of the user (but `keep`); returns how many ended."""
+    now = datetime.now(UTC)
+    query = select(LoginSession).where(
+        LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None), LoginSession.expires_at > now
+    )
+    if keep is not None:
+        query = query.where(LoginSession.id != keep)
+    ended = (await session.execute(query)).scalars().all()
+    for login_session in ended:
+        await revoke_session(session, login_session, reason)
+    identity.forget_user(session, user_id)
+    return len(ended)
+
+
+async def logout(session: AsyncSession, caller: identity.Identity, client: identity.Client) -> None:
+    """End the caller's login session.
+
+    Raises:
+        Forbidden: the caller uses a personal API token, which has no login session to end.
+    """
+    if caller.session_id is None:
+        raise errors.Forbidden("A personal API token has no login session; revoke the token instead.")
+    login_session = await session.get(LoginSession, caller.session_id)
+    if login_session is None or login_session.user_id != caller.user_id:
         raise errors.Unauthorized()
     await revoke_session(session, login_session, "logout")
     audit.record(
-        session, audit.LOGOUT, actor_id=user_id, target_type="session", target_id=session_id, ip=client.ip
+        session,
+        audit.LOGOUT,
+        actor_id=caller.user_id,
+        target_type="session",
+        target_id=login_session.id,
+        ip=client.ip,
     )
 
 

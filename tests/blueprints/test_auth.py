@@ -12,39 +12,28 @@ import pytest
 from quart.testing import QuartClient
 from sqlalchemy import select
 
-from service import create_app, tokens
+from service import create_app, passwords, tokens
 from service.application import Switchboard
+from service.config import Settings
 from service.models.audit import AuditEvent
 
-from ..conftest import make_settings
-
-PASSWORD = "Sturdy-Lantern-42"
-
-
-async def register(client: QuartClient, username: str = "ada", email: str | None = None) -> dict[str, object]:
-    response = await client.post(
-        "/auth/register",
-        json={"username": username, "email": email or f"{username}@example.com", "password": PASSWORD},
-    )
-    assert response.status_code == 201, await response.get_data()
-    data: dict[str, object] = (await response.get_json())["data"]
-    return data
-
-
-async def login(client: QuartClient, username: str = "ada", password: str = PASSWORD) -> dict[str, str]:
-    response = await client.post("/auth/login", json={"username": username, "password": password})
-    assert response.status_code == 200, await response.get_data()
-    pair: dict[str, str] = (await response.get_json())["data"]
-    return pair
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from .. import probes
+from ..accounts import PASSWORD, bearer, login, register
+from ..conftest import AppMaker, empty_tables
 
 
 async def test_register_returns_the_user_without_secrets(client: QuartClient) -> None:
     user = await register(client)
-    assert set(user) == {"id", "username", "email", "is_active", "roles", "created_at", "updated_at"}
+    assert set(user) == {
+        "id",
+        "username",
+        "email",
+        "is_active",
+        "roles",
+        "created_at",
+        "updated_at",
+        "deleted_at",
+    }
     assert user["roles"] == ["viewer"]
     assert user["is_active"] is True
 
@@ -59,9 +48,9 @@ async def test_register_says_which_password_rule_failed(
     response = await client.post(
         "/auth/register", json={"username": "bob", "email": "bob@example.com", "password": password}
     )
-    assert response.status_code == 422
+    assert response.status_code == 400
     body = await response.get_json()
-    assert body["error"]["code"] == "VALIDATION_ERROR"
+    assert body["error"]["code"] == "WEAK_PASSWORD"
     assert any(rule in message for message in body["error"]["details"]["password"])
 
 
@@ -119,6 +108,31 @@ async def test_wrong_user_and_wrong_password_look_the_same(client: QuartClient, 
     async with app.extensions["db"].sessionmaker() as session:
         actions = (await session.execute(select(AuditEvent.action))).scalars().all()
     assert actions.count("login_failed") == 2
+
+
+async def test_wrong_user_and_wrong_password_cost_the_same(
+    client: QuartClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same work, not merely the same answer: one argon2id verification with the same parameters,
+    so timing does not reveal which usernames exist (a benchmark measures the times themselves)."""
+    await register(client)
+    verified: list[str] = []
+    real = passwords._hasher
+
+    class Spy:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def verify(self, stored_hash: str, password: str) -> bool:
+            verified.append(stored_hash.rsplit("$", 2)[0])  # the algorithm and its parameters, no salt
+            return real.verify(stored_hash, password)
+
+    monkeypatch.setattr(passwords, "_hasher", Spy())
+    await client.post("/auth/login", json={"username": "nobody", "password": PASSWORD})
+    unknown_user = list(verified)
+    verified.clear()
+    await client.post("/auth/login", json={"username": "ada", "password": "Wrong-Password-1"})
+    assert unknown_user == verified == ["$argon2id$v=19$m=19456,t=2,p=1"]
 
 
 async def test_refresh_rotates_and_reuse_ends_the_session(client: QuartClient) -> None:
@@ -202,19 +216,12 @@ async def test_me_without_credentials_is_401(client: QuartClient) -> None:
     assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-async def test_email_verification_can_be_required(database_url: str) -> None:
-    app = create_app(make_settings(database_url, require_email_verification=True))
-    async with app.test_app():
-        client = app.test_client()
-        await register(client, "eve")
-        response = await client.post("/auth/login", json={"username": "eve", "password": PASSWORD})
-        assert response.status_code == 401
-        async with app.extensions["db"].engine.begin() as connection:
-            from sqlalchemy import text
-
-            await connection.execute(text("DELETE FROM audit_events"))
-            await connection.execute(text("DELETE FROM user_roles"))
-            await connection.execute(text("DELETE FROM users"))
+async def test_email_verification_can_be_required(make_app: AppMaker) -> None:
+    app = await make_app(require_email_verification=True)
+    client = app.test_client()
+    await register(client, "eve")
+    response = await client.post("/auth/login", json={"username": "eve", "password": PASSWORD})
+    assert response.status_code == 401
 
 
 async def test_names_are_unique_among_live_users_only(client: QuartClient, app: Switchboard) -> None:
@@ -238,12 +245,7 @@ async def test_names_are_unique_among_live_users_only(client: QuartClient, app: 
     assert again["username"] == "Ada"
 
 
-async def test_permission_and_role_guards(settings: object) -> None:
-    from service.config import Settings
-
-    from .. import probes
-
-    assert isinstance(settings, Settings)
+async def test_permission_and_role_guards(settings: Settings) -> None:
     app = create_app(settings)
     app.register_blueprint(probes.blueprint)
     async with app.test_app():
@@ -257,8 +259,4 @@ async def test_permission_and_role_guards(settings: object) -> None:
             assert (await denied.get_json())["error"]["code"] == "FORBIDDEN"
         allowed = await client.get("/_probe/needs-viewer", headers=bearer(token))
         assert allowed.status_code == 200
-        async with app.extensions["db"].engine.begin() as connection:
-            from sqlalchemy import text
-
-            for table in ("login_sessions", "audit_events", "user_roles", "users"):
-                await connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+        await empty_tables(app)

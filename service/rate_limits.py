@@ -1,0 +1,294 @@
+"""Rate limits (quart-rate-limiter): a default per caller on every route, stricter ones on login and
+registration, kept in Redis so every worker and instance counts together.
+
+A request over a limit gets `429 RATE_LIMITED` with `Retry-After`; responses of limited routes carry
+`RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`. The operations routes (health, metrics,
+docs, the OpenAPI document) are never limited: probes and scrapers must not be refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
+
+from flask.sansio.blueprints import Blueprint as SansioBlueprint
+from hypercorn.middleware import ProxyFixMiddleware
+from quart import Quart, g, request
+from quart_auth import current_user
+from quart_rate_limiter import KeyCallable, RateLimit, RateLimiter
+from quart_rate_limiter.store import RateLimiterStoreABC
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
+
+from service import identity, log
+from service.config import Settings, parse_rate
+
+logger = log.get(__name__)
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+# Beside the cache's "sb:" keys; one prefix makes the limits easy to find, count and drop.
+KEY_PREFIX = "sb:rl:"
+# After a Redis failure the memory store serves alone this long before Redis is tried again, so a
+# frozen Redis costs one request a socket timeout every few seconds rather than every request.
+REDIS_RETRY_SECONDS = 5.0
+# Blueprints and endpoints never limited: probes, scrapers and the docs must always get through.
+EXEMPT_BLUEPRINTS = frozenset({"health", "docs"})
+EXEMPT_ENDPOINTS = frozenset({"openapi", "static"})
+
+_NAMED_LIMITS_ATTRIBUTE = "_switchboard_rate_limits"
+_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+# The memory store sweeps when it has doubled since the last sweep, never below this many entries.
+_MIN_SWEEP = 10_000
+
+
+def login_limits(view: V) -> V:
+    """Limit a login route per client address and per username (RATE_LIMIT_LOGIN each), and per
+    username over a longer window (RATE_LIMIT_LOGIN_ACCOUNT).
+
+    Place it directly under the route decorator.
+    """
+    return _name_limits(view, "login")
+
+
+def register_limits(view: V) -> V:
+    """Limit a registration route per client address (RATE_LIMIT_REGISTER).
+
+    Place it directly under the route decorator.
+    """
+    return _name_limits(view, "register")
+
+
+def _name_limits(view: V, name: str) -> V:
+    # The view only carries a name: the limits themselves are built per app from its settings, so two
+    # apps in one process (tests) neither share counters nor each other's configured rates.
+    setattr(view, _NAMED_LIMITS_ATTRIBUTE, (*getattr(view, _NAMED_LIMITS_ATTRIBUTE, ()), name))
+    return view
+
+
+class MemoryTats:
+    """Theoretical arrival times held in this process.
+
+    A TAT in the past means the same as no entry (the limiter takes the later of the TAT and now), so
+    sweeping those out loses nothing; sweeping when the table has doubled keeps each write cheap.
+    """
+
+    def __init__(self) -> None:
+        self._tats: dict[str, datetime] = {}
+        self._sweep_at = _MIN_SWEEP
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    def get(self, key: str, default: datetime) -> datetime:
+        return self._tats.get(key, default)
+
+    def set(self, key: str, tat: datetime) -> None:
+        self._tats[key] = tat
+        if len(self._tats) >= self._sweep_at:
+            self.sweep(datetime.now(UTC))
+
+    def sweep(self, now: datetime) -> None:
+        """Drop every entry whose TAT is not after `now`."""
+        self._tats = {key: tat for key, tat in self._tats.items() if tat > now}
+        self._sweep_at = max(_MIN_SWEEP, 2 * len(self._tats))
+
+
+class Store(RateLimiterStoreABC):
+    """Redis when the app has a client, this process's memory otherwise.
+
+    Redis keys expire once their TAT has passed (quart-rate-limiter's RedisStore never expires them).
+    When Redis fails the limits carry on in memory rather than letting every request through (not
+    fail-open), with one warning per outage; Redis is tried again after `retry_seconds`.
+    """
+
+    def __init__(self, redis: Callable[[], Redis | None], retry_seconds: float = REDIS_RETRY_SECONDS) -> None:
+        # A callable, not a client: the app's client only exists once before_serving has run.
+        self._redis = redis
+        self._retry_seconds = retry_seconds
+        self._down_until: float | None = None
+        self.memory = MemoryTats()
+
+    async def before_serving(self) -> None:
+        """Nothing to open: the Redis client belongs to service.redis_client."""
+
+    async def after_serving(self) -> None:
+        """Nothing to close, for the same reason."""
+
+    async def get(self, key: str, default: datetime) -> datetime:
+        client = self._client()
+        if client is not None:
+            try:
+                value = await client.get(KEY_PREFIX + key)
+            except _REDIS_FAILURES as error:
+                self._failed(error)
+            else:
+                self._answered()
+                return default if value is None else datetime.fromtimestamp(float(value), UTC)
+        return self.memory.get(key, default)
+
+    async def set(self, key: str, tat: datetime) -> None:
+        client = self._client()
+        if client is not None:
+            # A relative expiry: only this process's clock counts, not the Redis server's.
+            ttl_ms = max(1, math.ceil((tat - datetime.now(UTC)).total_seconds() * 1000))
+            try:
+                await client.set(KEY_PREFIX + key, tat.timestamp(), px=ttl_ms)
+            except _REDIS_FAILURES as error:
+                self._failed(error)
+            else:
+                self._answered()
+                return
+        self.memory.set(key, tat)
+
+    def _client(self) -> Redis | None:
+        client = self._redis()
+        if client is None or self._down_until is None:
+            return client
+        now = time.monotonic()
+        if now < self._down_until:
+            return None
+        # This call probes Redis; calls made meanwhile stay in memory instead of queueing behind it.
+        self._down_until = now + self._retry_seconds
+        return client
+
+    def _failed(self, error: BaseException) -> None:
+        if self._down_until is None:
+            logger.warning(
+                "rate_limit_store_unavailable",
+                detail="Redis failed: rate limits are kept in this process's memory until it answers",
+                error=type(error).__name__,
+            )
+        self._down_until = time.monotonic() + self._retry_seconds
+
+    def _answered(self) -> None:
+        if self._down_until is not None:
+            logger.info("rate_limit_store_recovered", detail="rate limits are kept in Redis again")
+            self._down_until = None
+
+
+class _Limiter(RateLimiter):
+    """quart-rate-limiter with this service's exemptions and per-app named limits."""
+
+    def __init__(self, named: dict[str, list[RateLimit]], **options: Any) -> None:
+        self._named = named
+        super().__init__(**options)
+
+    def _get_limits_for_view_function(
+        self, view_func: Callable[..., Any] | None, blueprint: SansioBlueprint | None
+    ) -> list[RateLimit]:
+        # Exemption by endpoint here, because the library marks exemptions on view functions: these are
+        # registered after init_app, and the OpenAPI view is a bound method that takes no attributes.
+        # No route (404, 405) and CORS preflights run no view code, so they are not counted either.
+        if (
+            view_func is None
+            or request.method == "OPTIONS"
+            or request.blueprint in EXEMPT_BLUEPRINTS
+            or request.endpoint in EXEMPT_ENDPOINTS
+        ):
+            return []
+        names: tuple[str, ...] = getattr(view_func, _NAMED_LIMITS_ATTRIBUTE, ())
+        named = [limit for name in names for limit in self._named[name]]
+        return named + super()._get_limits_for_view_function(view_func, blueprint)
+
+
+def client_address() -> str:
+    """The caller's address as the key of its limits.
+
+    It is the peer address, or the one the trusted proxies report (TRUSTED_PROXY_HOPS): never a
+    header the client itself can set. An IPv6 caller is keyed by its /64, since one subscriber usually
+    holds the whole /64 and could otherwise take a fresh address per request.
+    """
+    raw = request.remote_addr or "unknown"
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return raw[:100]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network((address, 64), strict=False))
+    return str(address)
+
+
+async def _caller_key() -> str:
+    # The limiter asks again after the response is made: answer from g rather than resolve twice.
+    key: str | None = g.get("rate_limit_caller")
+    if key is not None:
+        return key
+    principal = cast(identity.Principal, current_user._get_current_object())  # type: ignore[attr-defined]
+    try:
+        caller = await principal.identity()
+    except Exception:
+        # In practice the database or cache is down, and the request ends in that error's 503. Remember
+        # a key first, so the limiter's after-request call neither waits on the dead dependency again
+        # nor raises, which would turn the 503 into a bare 500.
+        g.rate_limit_caller = f"ip:{client_address()}"
+        raise
+    # The key names its kind, so a user id and an address can never share a counter.
+    key = f"user:{caller.user_id}" if caller is not None else f"ip:{client_address()}"
+    g.rate_limit_caller = key
+    return key
+
+
+async def _login_address_key() -> str:
+    return f"login-ip:{client_address()}"
+
+
+async def _login_username_key() -> str:
+    """The username being tried, so a password guesser cannot reset its count by changing address."""
+    try:
+        body = await request.get_json(silent=True)
+    except (ValueError, HTTPException):
+        # Not UTF-8, too large or too slow: the route itself answers 400, 413 or 408 next.
+        body = None
+    username = body.get("username") if isinstance(body, dict) else None
+    if not isinstance(username, str) or not username.strip():
+        return f"login-nameless:{client_address()}"
+    # Normalised as accounts.login matches it; hashed so the key has a fixed length and the store
+    # never holds usernames or e-mail addresses in clear.
+    digest = hashlib.sha256(username.strip().lower().encode()).hexdigest()
+    return f"login-username:{digest}"
+
+
+async def _register_address_key() -> str:
+    return f"register-ip:{client_address()}"
+
+
+def _limit(rate: str, key_function: KeyCallable | None = None) -> RateLimit:
+    count, seconds = parse_rate(rate)
+    return RateLimit(count, timedelta(seconds=seconds), key_function=key_function)
+
+
+def init_app(app: Quart, settings: Settings) -> None:
+    """Build this app's limiter and store, and trust the configured proxies for the client address."""
+    named = {
+        "login": [
+            _limit(settings.rate_limit_login, _login_address_key),
+            _limit(settings.rate_limit_login, _login_username_key),
+            _limit(settings.rate_limit_login_account, _login_username_key),
+        ],
+        "register": [_limit(settings.rate_limit_register, _register_address_key)],
+    }
+    app.extensions["rate_limiter"] = _Limiter(
+        named,
+        app=app,
+        key_function=_caller_key,
+        store=Store(lambda: app.extensions.get("redis")),
+        default_limits=[_limit(settings.rate_limit_default)],
+        enabled=settings.rate_limits_enabled,
+    )
+    if settings.trusted_proxy_hops > 0:
+        # Each trusted proxy appends the address it saw to X-Forwarded-For, so the Nth entry from the
+        # end was written by the outermost one and anything further left came from the client itself.
+        # hypercorn puts that entry into the ASGI scope, making request.remote_addr (limits, access
+        # log, audit rows) the real client. With 0 hops the header is ignored: the peer address counts.
+        app.asgi_app = ProxyFixMiddleware(  # type: ignore[method-assign]
+            app.asgi_app, mode="legacy", trusted_hops=settings.trusted_proxy_hops
+        )
