@@ -7,6 +7,7 @@ import sys
 from quart_schema import Info, QuartSchema
 
 from service import (
+    background,
     cli,
     db,
     errors,
@@ -16,12 +17,15 @@ from service import (
     middleware,
     openapi,
     passwords,
+    presence,
     rate_limits,
     redis_client,
 )
 from service.application import Switchboard
 from service.blueprints import api, auth, docs, health
 from service.config import ConfigError, Settings
+from service.events import outbox, stream
+from service.services import notifications, sweeper
 
 
 def create_app(settings: Settings | None = None) -> Switchboard:
@@ -63,6 +67,10 @@ def create_app(settings: Settings | None = None) -> Switchboard:
             {"name": "auth", "description": "Accounts, login sessions and tokens."},
             {"name": "users", "description": "User management, roles and login sessions."},
             {"name": "audit", "description": "The audit log of security-relevant actions."},
+            {"name": "agents", "description": "Agents: registration, heartbeats, status and the fleet."},
+            {"name": "assignments", "description": "Work given to agents and its lifecycle."},
+            {"name": "events", "description": "The live event stream (server-sent events)."},
+            {"name": "notifications", "description": "Notifications sent, waiting and failed."},
         ],
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's field order
@@ -74,6 +82,12 @@ def create_app(settings: Settings | None = None) -> Switchboard:
     identity.init_app(app, settings)
     rate_limits.init_app(app, settings)
     mail.init_app(app, settings)
+    background.init_app(app)
+    notifications.init_app(app, settings)
+    presence.init_app(app)
+    outbox.init_app(app, settings)
+    stream.init_app(app, settings)
+    sweeper.init_app(app, settings)
     passwords.configure(settings.password_hash_concurrency)
 
     cli.init_app(app, settings)

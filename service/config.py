@@ -6,8 +6,10 @@ configuration. Each variable is documented once, in docs/configuration.md.
 
 from __future__ import annotations
 
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +21,8 @@ from sqlalchemy.exc import ArgumentError
 DEVELOPMENT_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"  # noqa: S105 - refused in production
 MIN_SECRET_KEY_LENGTH = 32
 EMBEDDED_DATABASE_PATH = Path("instance") / "switchboard.db"
+
+NotifyChannel = Literal["log", "webhook", "email"]
 
 _DRIVERS = {
     "postgresql": "postgresql+asyncpg",
@@ -75,6 +79,20 @@ class Settings(BaseSettings):
     # Where links in mails point: the address users reach the service at.
     public_base_url: str = "http://127.0.0.1:8000"
 
+    # Agents: how often they should beat, when silence means offline, and when offline means stale.
+    agent_heartbeat_interval: int = Field(default=10, ge=1, le=3600)
+    agent_heartbeat_timeout: int = Field(default=30, ge=2, le=86400)
+    agent_stale_after: int = Field(default=86400, ge=60, le=365 * 86400)
+    sweep_interval: float = Field(default=5.0, gt=0, le=300)
+
+    # Events: the replay window a reconnecting subscriber can resume within, and the SSE stream limits.
+    event_retention_count: int = Field(default=10_000, ge=100, le=10_000_000)
+    event_retention_hours: int = Field(default=24, ge=1, le=24 * 30)
+    relay_interval: float = Field(default=1.0, gt=0, le=60)
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=120)
+    sse_queue_size: int = Field(default=256, ge=8, le=100_000)
+    sse_streams_per_user: int = Field(default=5, ge=1, le=1000)
+
     # Mail: "log" writes mails to the log (development); "smtp" sends them.
     mail_backend: Literal["log", "smtp"] = "log"
     mail_from: str = "Switchboard <switchboard@localhost>"
@@ -84,6 +102,19 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     smtp_starttls: bool = False
     smtp_timeout: float = Field(default=10.0, gt=0, le=120)
+
+    # Notifications (work assigned, agent offline): the channels each one goes out on, delivered in the
+    # background from the notifications table. The webhook and email settings matter only when their
+    # channel is on; then they are required.
+    notify_channels: Annotated[list[NotifyChannel], NoDecode] = Field(default=["log"])
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    # Off by default: a webhook aimed at 127.0.0.1 or 10.x would let whoever sets it probe the inside.
+    webhook_allow_private: bool = False
+    webhook_timeout: float = Field(default=5.0, gt=0, le=60)
+    notify_email_to: str | None = None
+    notify_max_attempts: int = Field(default=8, ge=1, le=30)
+    notify_interval: float = Field(default=2.0, gt=0, le=3600)
 
     # Rate limits, "N/second|minute|hour|day"; stored in Redis when REDIS_URL is set.
     rate_limit_default: str = "300/minute"
@@ -175,6 +206,54 @@ class Settings(BaseSettings):
                 )
             if "*" in self.allowed_origins:
                 raise ValueError("ALLOWED_ORIGINS must list origins in production, not '*'")
+        return self
+
+    @field_validator("notify_channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [channel.strip().lower() for channel in value.split(",") if channel.strip()]
+        if isinstance(value, list):
+            return list(dict.fromkeys(value))  # "log,log" is one log line, not two
+        return value
+
+    @field_validator("webhook_url", "webhook_secret", "notify_email_to", mode="before")
+    @classmethod
+    def _blank_notification_setting_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.strip()
+
+    @field_validator("notify_email_to")
+    @classmethod
+    def _check_notify_email_to(cls, value: str | None) -> str | None:
+        if value is not None and "@" not in parseaddr(value)[1]:
+            raise ValueError("must be an email address")
+        return value
+
+    @model_validator(mode="after")
+    def _enabled_channels_are_configured(self) -> Settings:
+        if "webhook" in self.notify_channels:
+            if self.webhook_url is None:
+                raise ValueError("WEBHOOK_URL must be set when NOTIFY_CHANNELS includes webhook")
+            if self.webhook_secret is None:
+                raise ValueError("WEBHOOK_SECRET must be set when NOTIFY_CHANNELS includes webhook")
+        if "email" in self.notify_channels and self.notify_email_to is None:
+            raise ValueError("NOTIFY_EMAIL_TO must be set when NOTIFY_CHANNELS includes email")
+        # Receivers trust a valid signature completely, so a guessable secret lets anyone forge events.
+        short = self.webhook_secret is not None and len(self.webhook_secret) < MIN_SECRET_KEY_LENGTH
+        if self.is_production and short:
+            raise ValueError(
+                f"WEBHOOK_SECRET must be at least {MIN_SECRET_KEY_LENGTH} characters in production"
+            )
         return self
 
     @classmethod

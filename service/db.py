@@ -49,6 +49,10 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         "pool_pre_ping": settings.database_pool_pre_ping,
     }
     if settings.uses_sqlite:
+        # One connection: SQLite has one writer anyway, and a transaction that read before another
+        # committed cannot write afterwards (SQLITE_BUSY_SNAPSHOT). Queueing transactions for the one
+        # connection makes the embedded mode correct under concurrent requests, at a laptop's scale.
+        pool |= {"pool_size": 1, "max_overflow": 0}
         return {**pool, "connect_args": {"timeout": settings.database_connect_timeout}}
     return {
         **pool,

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from service import config, db, errors, tokens
 from service.cache import Cache, MemoryCache, RedisCache
 from service.config import Settings
+from service.models.agents import Agent
 from service.models.sessions import ApiToken, LoginSession
 from service.models.users import User
 
@@ -62,6 +63,11 @@ def client() -> Client:
     return Client(ip=request.remote_addr, user_agent=request.headers.get("User-Agent"))
 
 
+@dataclass(frozen=True)
+class AgentIdentity:
+    agent_id: uuid.UUID
+
+
 class Principal(AuthUser):
     """quart-auth's user: authenticated only while its session is live and its user active."""
 
@@ -78,10 +84,17 @@ class Principal(AuthUser):
         return await self.identity() is not None
 
     async def identity(self) -> Identity | None:
+        """The user behind the credentials; None for an agent's token or none at all."""
         if not self._resolved:
             self._identity = await _resolve(self._bearer, self.auth_id)
             self._resolved = True
         return self._identity
+
+    async def agent(self) -> AgentIdentity | None:
+        """The agent whose token this is (agents authenticate with their own bearer token)."""
+        if self._bearer is None or not self._bearer.startswith(tokens.AGENT_PREFIX):
+            return None
+        return await _resolve_agent(self._bearer)
 
 
 class Auth(QuartAuth):
@@ -104,6 +117,8 @@ async def _resolve(bearer: str | None, cookie_session: str | None) -> Identity |
     settings = config.current()
     if bearer is not None and bearer.startswith(tokens.API_TOKEN_PREFIX):
         return await _resolve_api_token(bearer)
+    if bearer is not None and bearer.startswith(tokens.AGENT_PREFIX):
+        return None
     if bearer is not None:
         try:
             claims = tokens.decode_access_token(settings.secret_key, bearer)
@@ -156,6 +171,32 @@ async def _resolve_api_token(secret: str) -> Identity | None:
         return None
     roles, held = grants
     return Identity(user_id, None, roles, held & frozenset(value["scopes"]), uuid.UUID(value["id"]))
+
+
+def agent_token_key(token_hash: str) -> str:
+    return f"agenttok:{token_hash}"
+
+
+async def _resolve_agent(secret: str) -> AgentIdentity | None:
+    token_hash = tokens.digest(secret)
+    (cached,) = await _cache().get_many([agent_token_key(token_hash)])
+    if cached is not None:
+        return AgentIdentity(uuid.UUID(cached))
+    found = (
+        await db.session().execute(
+            select(Agent.id).where(Agent.token_hash == token_hash, Agent.deleted_at.is_(None))
+        )
+    ).scalar_one_or_none()
+    if found is None:
+        return None
+    await _cache().set(agent_token_key(token_hash), str(found), GRANTS_TTL_SECONDS)
+    return AgentIdentity(found)
+
+
+def forget_agent_token(session: Any, token_hash: str) -> None:
+    """After the commit, the agent's old token (rotated, or the agent deleted) is refused everywhere."""
+    cache = _cache()
+    db.after_commit(session, lambda: cache.delete(agent_token_key(token_hash)))
 
 
 async def _live_session_user(session_id: uuid.UUID, settings: Settings) -> uuid.UUID | None:
@@ -223,6 +264,36 @@ async def current() -> Identity:
         raise errors.Unauthorized()
     g.user_id = str(found.user_id)
     return found
+
+
+async def current_agent() -> AgentIdentity:
+    """The calling agent.
+
+    Raises:
+        Unauthorized: no valid agent token.
+    """
+    principal = cast(Principal, current_user._get_current_object())  # type: ignore[attr-defined]
+    found = await principal.agent()
+    if found is None:
+        raise errors.Unauthorized()
+    return found
+
+
+async def current_actor(permission: str) -> Identity | AgentIdentity:
+    """A user holding `permission`, or an agent (whose own rules the service applies).
+
+    Raises:
+        Unauthorized: neither valid user credentials nor an agent token.
+        Forbidden: a user without `permission`.
+    """
+    principal = cast(Principal, current_user._get_current_object())  # type: ignore[attr-defined]
+    agent = await principal.agent()
+    if agent is not None:
+        return agent
+    caller = await current()
+    if not caller.can(permission):
+        raise errors.Forbidden(details={"missing_permissions": [permission]})
+    return caller
 
 
 def _guard(

@@ -41,6 +41,14 @@ db_pool_open = Gauge(
     "db_pool_open", "Database connections open (idle or in use).", multiprocess_mode="livesum"
 )
 
+sse_subscribers = Gauge("sse_subscribers", "Open server-sent event streams.", multiprocess_mode="livesum")
+events_published_total = Counter("events_published_total", "Events the relay handed to the event log.")
+event_delivery_lag_seconds = Histogram(
+    "event_delivery_lag_seconds",
+    "From the change's commit to the event's first delivery to a subscriber of this process.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
 
 def watch_pool(pool: Pool) -> None:
     """Keep the pool gauges current from the pool's own events (no polling, no scrape-time work)."""

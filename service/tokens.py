@@ -20,6 +20,8 @@ LEEWAY_SECONDS = 10
 REFRESH_PREFIX = "sbr_"
 API_TOKEN_PREFIX = "sbp_"
 MAIL_PREFIX = "sbm_"
+AGENT_PREFIX = "sba_"
+REGISTRATION_PREFIX = "sbg_"
 
 
 class InvalidToken(Exception):

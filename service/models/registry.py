@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.models import audit, sessions, users  # noqa: F401 - imported for their tables
+from service.models import agents, assignments, audit, events, notifications, sessions, users  # noqa: F401
 from service.models.entity import Model
 
 metadata = Model.metadata

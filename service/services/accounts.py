@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import db, errors, identity, passwords, permissions, tokens
 from service.config import Settings
+from service.events import outbox
 from service.models.sessions import LoginSession, RefreshToken
 from service.models.users import Role, User
 from service.services import audit
@@ -262,10 +263,12 @@ async def refresh(
 
 
 async def revoke_session(session: AsyncSession, login_session: LoginSession, reason: str) -> None:
+    """End a login session: its tokens and its open event streams stop, on every instance."""
     if login_session.revoked_at is None:
         login_session.revoked_at = datetime.now(UTC)
         login_session.revoked_reason = reason
     identity.forget_session(session, login_session.id)
+    outbox.record(session, outbox.SESSION_ENDED, {"session_id": str(login_session.id)}, outbox.CONTROL_TOPIC)
 
 
 async def end_sessions(

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import errors, identity, pagination, permissions, tokens
+from service.events import outbox
 from service.identity import Identity
 from service.models.sessions import ApiToken
 from service.services import audit
@@ -89,8 +90,7 @@ async def revoke_token(
     token = await session.get(ApiToken, token_id)
     if token is None or token.user_id != caller.user_id or token.revoked_at is not None:
         raise errors.NotFound("No such token.")
-    token.revoked_at = datetime.now(UTC)
-    identity.forget_api_token(session, token.token_hash)
+    _revoke(session, token)
     audit.record(
         session,
         audit.API_TOKEN_REVOKED,
@@ -107,5 +107,10 @@ async def revoke_all(session: AsyncSession, user_id: uuid.UUID) -> None:
         select(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
     )
     for token in live.scalars():
-        token.revoked_at = datetime.now(UTC)
-        identity.forget_api_token(session, token.token_hash)
+        _revoke(session, token)
+
+
+def _revoke(session: AsyncSession, token: ApiToken) -> None:
+    token.revoked_at = datetime.now(UTC)
+    identity.forget_api_token(session, token.token_hash)
+    outbox.record(session, outbox.TOKEN_REVOKED, {"token_id": str(token.id)}, outbox.CONTROL_TOPIC)

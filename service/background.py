@@ -1,0 +1,108 @@
+"""Background loops (outbox relay, heartbeat sweeper, notification delivery): started in before_serving,
+stopped in after_serving, each a round repeated on an interval that survives its own failures.
+
+A round returns whether it did a full batch; then the next round starts at once instead of sleeping, so
+a backlog drains at full speed and an idle loop costs one query per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from quart import Quart
+
+from service import log
+
+logger = log.get(__name__)
+
+Round = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class Loop:
+    name: str
+    round: Round
+    interval: float
+    # Set to run the next round now rather than after the interval (e.g. an event was just written).
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                busy = await self.round()
+                if failures:
+                    logger.info("background_recovered", loop=self.name)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures += 1
+                busy = False
+                if failures == 1 or failures % 60 == 0:
+                    logger.warning("background_round_failed", loop=self.name, error=repr(error)[:300])
+            if busy:
+                await asyncio.sleep(0)
+                continue
+            # Back off while failing (a dependency is down), up to 30 s; otherwise the interval.
+            delay = min(30.0, self.interval * 2 ** min(failures, 5)) if failures else self.interval
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), delay)
+
+
+class Loops:
+    """The app's background loops: `app.extensions["loops"]`."""
+
+    def __init__(self) -> None:
+        self._loops: dict[str, Loop] = {}
+
+    def add(self, name: str, round_: Round, interval: float) -> None:
+        self._loops[name] = Loop(name, round_, interval)
+
+    def wake(self, name: str) -> None:
+        loop = self._loops.get(name)
+        if loop is not None:
+            loop.wake.set()
+
+    def start(self) -> None:
+        for loop in self._loops.values():
+            loop.wake = asyncio.Event()  # bound to the serving loop
+            loop.task = asyncio.get_running_loop().create_task(loop.run(), name=f"background:{loop.name}")
+
+    async def stop(self) -> None:
+        tasks = [loop.task for loop in self._loops.values() if loop.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for loop in self._loops.values():
+            loop.task = None
+
+
+def init_app(app: Quart) -> Loops:
+    """Create the registry; modules add their loops to it before serving starts.
+
+    while_serving, not before/after_serving: the loops start once every before_serving hook has opened
+    the database and Redis, and stop before any after_serving hook closes them.
+    """
+    loops = Loops()
+    app.extensions["loops"] = loops
+
+    @app.while_serving
+    async def _run() -> AsyncGenerator[None, None]:
+        loops.start()
+        yield
+        await loops.stop()
+
+    return loops
+
+
+def loops_of(app: Quart) -> Loops:
+    loops: Loops = app.extensions["loops"]
+    return loops

@@ -1,0 +1,120 @@
+"""Recording events in the outbox (in the caller's transaction) and relaying them to the broker.
+
+The relay is the one place event order is decided: it hands committed rows to the broker's log in row
+order, and the log's id is the public one. A row committed late is relayed late and gets a later id, so
+a subscriber resuming after any id can never miss it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from quart import Quart, current_app, has_app_context
+from redis.asyncio import Redis
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service import background, db, log, metrics, request_ids
+from service.config import Settings
+from service.events.broker import Broker, Envelope
+from service.events.memory_broker import MemoryBroker
+from service.events.redis_broker import RedisBroker
+from service.models.events import OutboxEvent
+
+logger = log.get(__name__)
+
+# An arbitrary constant naming the relay's PostgreSQL advisory lock: one relay at a time across instances.
+RELAY_LOCK = 0x5B_0E7E17
+RELAY_LOOP = "relay"
+# Internal events every stream hears (whatever its agent filter) and no client is sent: a session or
+# token ended, so the streams it opened must close on every instance.
+CONTROL_TOPIC = "_control"
+SESSION_ENDED = "_session.ended"
+TOKEN_REVOKED = "_token.revoked"  # noqa: S105 - an event type, not a password
+
+
+def record(session: AsyncSession, type_: str, data: dict[str, Any], topic: object | None = None) -> None:
+    """Add an event to the caller's transaction: it is published if, and only if, the change commits."""
+    session.add(
+        OutboxEvent(
+            type=type_,
+            topic=str(topic) if topic is not None else None,
+            data={"time": datetime.now(UTC).isoformat(), "data": data, "request_id": request_ids.current()},
+            request_id=request_ids.current(),
+        )
+    )
+    db.after_commit(session, _wake_relay)
+
+
+async def _wake_relay() -> None:
+    # The relay runs now rather than at its next poll: events reach subscribers in milliseconds. Outside
+    # an app (a script using the services) the next poll publishes them.
+    if has_app_context():
+        background.loops_of(current_app).wake(RELAY_LOOP)
+
+
+async def relay(database: db.Database, broker: Broker, batch: int = 500) -> bool:
+    """Publish committed, unpublished events in order; True when a full batch went (more may wait).
+
+    Raises:
+        BrokerUnavailable: Redis is down; the rows stay unpublished and the next round retries them.
+    """
+    async with database.sessionmaker() as session, session.begin():
+        if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+            # One relay at a time across processes and instances, for the whole transaction.
+            locked = await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK})
+            if not locked:
+                return False
+        rows = (
+            (
+                await session.execute(
+                    select(OutboxEvent)
+                    .where(OutboxEvent.published_at.is_(None))
+                    .order_by(OutboxEvent.id)
+                    .limit(batch)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if not rows:
+            return False
+        envelopes = [Envelope(row.id, row.type, row.data, row.topic) for row in rows]
+        ids = await broker.append(envelopes)
+        metrics.events_published_total.inc(sum(1 for event_id in ids if event_id is not None))
+        now = datetime.now(UTC)
+        for row, event_id in zip(rows, ids, strict=True):
+            row.published_at = now
+            # None: an earlier relay appended it and died before marking the row; it keeps no id here.
+            row.event_id = event_id
+        return len(rows) == batch
+
+
+def open_broker(app: Quart, settings: Settings) -> Broker:
+    """Redis when configured (every process shares one log), else the in-process broker."""
+    redis: Redis | None = app.extensions.get("redis")
+    if redis is None:
+        return MemoryBroker(maxlen=settings.event_retention_count)
+    return RedisBroker(redis, maxlen=settings.event_retention_count)
+
+
+def init_app(app: Quart, settings: Settings) -> None:
+    """The broker (opened before serving) and this process's relay loop."""
+
+    @app.before_serving
+    async def _open() -> None:
+        broker = open_broker(app, settings)
+        await broker.start()
+        app.extensions["broker"] = broker
+
+    @app.after_serving
+    async def _close() -> None:
+        broker: Broker | None = app.extensions.pop("broker", None)
+        if broker is not None:
+            await broker.close()
+
+    async def round_() -> bool:
+        return await relay(app.extensions["db"], app.extensions["broker"])
+
+    background.loops_of(app).add(RELAY_LOOP, round_, settings.relay_interval)

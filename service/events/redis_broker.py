@@ -1,0 +1,300 @@
+"""The production broker: one Redis stream is the log, and each process follows it with one listener.
+
+Live delivery reads the stream itself (XREAD BLOCK from the last id seen) rather than a PUBLISH channel.
+Pub/sub is at-most-once: a listener that reconnects misses whatever was published meanwhile, and every
+subscriber would then have to notice the hole and replay. A listener that follows the ordered log resumes
+from its last id after an outage or reconnect, so it delivers every event once, in the log's order, with no
+gap and no duplicate; appends need no second command. It costs one dedicated connection per process, as a
+pub/sub subscription would, and never one per subscriber.
+
+Entries hold `outbox`, `type`, `data` (JSON text), `topic` (absent for None) and `prev`, the id of the entry
+appended before it: the trimmed log cannot say which ids it dropped, but a first replayed entry whose
+`prev` lies above the requested id proves that events in between are gone (SubscriberLagged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+
+from service import log
+from service.events.broker import (
+    REPLAY_PAGE,
+    BrokerUnavailable,
+    Envelope,
+    Event,
+    FanOut,
+    SubscriberLagged,
+    Subscription,
+    encode_data,
+    event_id_key,
+    format_event_id,
+    make_event,
+)
+
+logger = log.get(__name__)
+
+# Errors that mean "Redis cannot take this now": the caller retries later, nothing is lost.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    OSError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.ReadOnlyError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+)
+# Envelopes per script call: one script blocks Redis while it runs, so keep each call short.
+_APPEND_CHUNK = 100
+_READ_COUNT = 1000
+# The listener's socket waits this long beyond BLOCK before it declares the connection dead.
+_READ_MARGIN = 3.0
+_MAX_KEY = (2**64 - 1, 2**64 - 1)
+
+# KEYS[1] is the stream, KEYS[2..] one dedupe key per envelope. ARGV: MAXLEN, "~" or "=", dedupe TTL in
+# seconds, then five values per envelope: outbox id, type, has topic ("1"/"0"), topic, data JSON.
+# SET NX and XADD in one script: a relay that died after appending finds the key and appends nothing.
+_APPEND_LUA = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local prev = '0-0'
+if #last > 0 then prev = last[1][1] end
+local ids = {}
+for i = 2, #KEYS do
+  local a = 3 + (i - 2) * 5
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[3]) then
+    local fields = {'outbox', ARGV[a + 1], 'type', ARGV[a + 2], 'data', ARGV[a + 5], 'prev', prev}
+    if ARGV[a + 3] == '1' then
+      fields[#fields + 1] = 'topic'
+      fields[#fields + 1] = ARGV[a + 4]
+    end
+    prev = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], ARGV[1], '*', unpack(fields))
+    ids[i - 1] = prev
+  else
+    ids[i - 1] = false
+  end
+end
+return ids
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(entry_id: bytes | str, fields: Mapping[Any, Any]) -> tuple[Event, str]:
+    """The Event and its `prev` id from one stream entry (bytes or str, as the client decodes)."""
+    values = {_text(name): _text(value) for name, value in fields.items()}
+    topic = values.get("topic")
+    event = make_event(_text(entry_id), values["type"], topic, values["data"])
+    return event, values.get("prev", "0-0")
+
+
+class RedisBroker:
+    """Events in one Redis stream shared by every process; one listener task per process."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        stream_key: str = "sb:events",
+        maxlen: int = 100_000,
+        approximate: bool = True,
+        dedupe_ttl: int = 600,
+        block_ms: int = 2000,
+        retry_delay: float = 0.1,
+        max_retry_delay: float = 5.0,
+        listener_name: str | None = None,
+    ) -> None:
+        self._redis = client
+        self._key = stream_key
+        self._maxlen = maxlen
+        # "~" trims whole stream nodes (cheap, keeps a little more than maxlen); "=" trims exactly.
+        self._trim = "~" if approximate else "="
+        self._dedupe_ttl = dedupe_ttl
+        self._block_ms = block_ms
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
+        self._listener_name = listener_name or f"switchboard-events-{os.getpid()}"
+        self._append_script = client.register_script(_APPEND_LUA)
+        self._fanout = FanOut()
+        self._connection: AbstractConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._cursor: str | None = None
+        self._down = False
+        self._stopping = False
+
+    @property
+    def subscriber_count(self) -> int:
+        return self._fanout.count
+
+    @property
+    def overflow_count(self) -> int:
+        return self._fanout.overflows
+
+    async def start(self) -> None:
+        """Start this process's listener at the stream's current end (older events are not broadcast).
+
+        Redis being down does not fail the start: the listener starts from the end it finds on connecting.
+        """
+        if self._task is not None:
+            return
+        self._stopping = False
+        try:
+            self._cursor = await self._tail_id()
+        except _UNREACHABLE as exc:
+            self._note_down(exc)
+        self._task = asyncio.create_task(self._listen(), name=f"event-listener:{self._key}")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            # The flag too: on Python 3.11 redis-py's wait_for can swallow a cancellation, and the loop
+            # would then go on reading; with the flag it ends after the current read at the latest.
+            self._stopping = True
+            task.cancel()
+            await asyncio.wait({task})
+        if self._connection is not None:
+            await self._connection.disconnect(nowait=True)
+
+    async def append(self, envelopes: Sequence[Envelope]) -> list[str | None]:
+        """Append in order; None for an outbox id appended within the dedupe TTL.
+
+        Raises:
+            BrokerUnavailable: Redis cannot be reached. Earlier chunks of a large batch may be in the log
+                already; appending the batch again skips them (their outbox ids are remembered).
+        """
+        encoded = [encode_data(envelope) for envelope in envelopes]
+        ids: list[str | None] = []
+        for start in range(0, len(envelopes), _APPEND_CHUNK):
+            end = start + _APPEND_CHUNK
+            ids.extend(await self._append_chunk(envelopes[start:end], encoded[start:end]))
+        return ids
+
+    def subscribe(self, topics: frozenset[str] | None, *, maxsize: int = 256) -> Subscription:
+        return Subscription(self._fanout, self.replay, topics, maxsize)
+
+    async def replay(self, after: str, limit: int = REPLAY_PAGE) -> list[Event]:
+        """Up to `limit` events after `after`, oldest first, read from the stream.
+
+        Raises:
+            ValueError: `after` is not an event id.
+            SubscriberLagged: the stream was trimmed past `after`.
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        after_key = event_id_key(after)
+        if after_key == _MAX_KEY:
+            return []
+        try:
+            entries = await self._redis.xrange(
+                self._key, min=f"({format_event_id(after_key)}", max="+", count=limit
+            )
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"cannot read the event stream: {exc}") from exc
+        events: list[Event] = []
+        for entry_id, fields in entries or ():
+            if entry_id is None or fields is None:
+                continue
+            event, prev = _decode(entry_id, fields)
+            if not events and event_id_key(prev) > after_key:
+                raise SubscriberLagged(f"the log no longer holds the events after {after}")
+            events.append(event)
+        return events
+
+    async def _append_chunk(self, envelopes: Sequence[Envelope], encoded: Sequence[str]) -> list[str | None]:
+        keys = [self._key, *(f"{self._key}:outbox:{envelope.outbox_id}" for envelope in envelopes)]
+        args: list[str | int] = [self._maxlen, self._trim, self._dedupe_ttl]
+        for envelope, data_json in zip(envelopes, encoded, strict=True):
+            has_topic = envelope.topic is not None
+            args += [envelope.outbox_id, envelope.type, int(has_topic), envelope.topic or "", data_json]
+        try:
+            reply = await self._append_script(keys=keys, args=args)
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"cannot append to the event stream: {exc}") from exc
+        return [None if item is None else _text(item) for item in reply]
+
+    async def _tail_id(self) -> str:
+        last = await self._redis.xrevrange(self._key, count=1)
+        entry_id = last[0][0] if last else None
+        return "0-0" if entry_id is None else _text(entry_id)
+
+    async def _listen(self) -> None:
+        """Follow the stream from the cursor forever, riding out outages with a growing delay."""
+        delay = self._retry_delay
+        while not self._stopping:
+            try:
+                if self._cursor is None:
+                    self._cursor = await self._tail_id()
+                entries = await self._read()
+            except _UNREACHABLE as exc:
+                self._note_down(exc)
+            except Exception:
+                logger.exception("event_listener_failed", stream=self._key)
+            else:
+                self._note_up()
+                self._deliver(entries)
+                delay = self._retry_delay
+                continue
+            if self._connection is not None:
+                await self._connection.disconnect(nowait=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max_retry_delay)
+
+    async def _read(self) -> list[Any]:
+        """Entries after the cursor, waiting up to BLOCK for the first, on the listener's own connection."""
+        assert self._cursor is not None
+        connection = self._listener_connection()
+        await connection.send_command(
+            "XREAD", "COUNT", _READ_COUNT, "BLOCK", self._block_ms, "STREAMS", self._key, self._cursor
+        )
+        reply = await connection.read_response(disable_decoding=True)
+        if not reply:
+            return []
+        # RESP2 answers [[key, entries]], RESP3 {key: entries}.
+        per_stream = reply.values() if isinstance(reply, dict) else [item[1] for item in reply]
+        return [entry for entries in per_stream for entry in entries]
+
+    def _listener_connection(self) -> AbstractConnection:
+        """A connection of its own, configured like the shared client's: BLOCK holds it between events."""
+        if self._connection is None:
+            pool = self._redis.connection_pool
+            options = dict(pool.connection_kwargs)
+            options["socket_timeout"] = self._block_ms / 1000 + _READ_MARGIN
+            options["client_name"] = self._listener_name
+            self._connection = pool.connection_class(**options)
+        return self._connection
+
+    def _deliver(self, entries: list[Any]) -> None:
+        events: list[Event] = []
+        for index, (entry_id, flat) in enumerate(entries):
+            # The cursor moves past every entry, even one we cannot decode, so a bad entry cannot wedge us.
+            previous, self._cursor = self._cursor, _text(entry_id)
+            try:
+                event, prev = _decode(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+            except (KeyError, ValueError, TypeError):
+                logger.exception("event_undecodable", stream=self._key, event_id=self._cursor)
+                continue
+            if index == 0 and previous is not None and event_id_key(prev) > event_id_key(previous):
+                self._note_gap(previous)
+            events.append(event)
+        self._fanout.deliver(events)
+
+    def _note_gap(self, cursor: str) -> None:
+        """The stream was trimmed past this listener's cursor (it was away that long)."""
+        logger.warning("event_listener_gap", stream=self._key, after=cursor)
+        self._fanout.lose_after(event_id_key(cursor))
+
+    def _note_down(self, exc: BaseException) -> None:
+        if not self._down:
+            self._down = True
+            logger.warning("event_listener_unavailable", stream=self._key, error=str(exc))
+
+    def _note_up(self) -> None:
+        if self._down:
+            self._down = False
+            logger.info("event_listener_recovered", stream=self._key, cursor=self._cursor)

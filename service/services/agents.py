@@ -1,0 +1,337 @@
+"""Agents: registering them (by operators or by themselves with a registration token), changing,
+deleting, rotating their tokens, and recording their heartbeats.
+
+A heartbeat that changes nothing writes nothing to the database: its time and load go to the presence
+store. Only a change of status (or of metadata) becomes a row update and an event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, case, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service import errors, identity, pagination, presence, tokens
+from service.events import outbox
+from service.identity import AgentIdentity, Identity
+from service.models import agents as states
+from service.models import assignments as work_states
+from service.models.agents import Agent, RegistrationToken
+from service.models.assignments import Assignment
+from service.schemas.agents import (
+    AgentIn,
+    AgentOut,
+    AgentQuery,
+    AgentRegisterIn,
+    HeartbeatIn,
+    RegistrationTokenIn,
+)
+from service.services import assignments
+
+_SORT_COLUMNS: dict[str, Any] = {"created_at": Agent.created_at, "name": func.lower(Agent.name)}
+
+
+def effective_status() -> ColumnElement[str]:
+    """SQL for Agent.status: the operator's mode while the agent is connected, else what it reported."""
+    return case(
+        (and_(Agent.mode != states.ACTIVE, Agent.reported_status.in_(states.BEATING)), Agent.mode),
+        else_=Agent.reported_status,
+    )
+
+
+def view(agent: Agent, beat: presence.Beat | None) -> AgentOut:
+    """The agent as the API shows it, with the live heartbeat time and load from the presence store."""
+    last = agent.last_heartbeat_at
+    if beat is not None and (last is None or beat.at > last):
+        last = beat.at
+    return AgentOut(
+        id=agent.id,
+        name=agent.name,
+        capabilities=agent.capabilities,
+        max_concurrent=agent.max_concurrent,
+        open_assignments=agent.open_assignments,
+        metadata=agent.metadata_,
+        status=agent.status,
+        reported_status=agent.reported_status,
+        mode=agent.mode,
+        pause_note=agent.pause_note,
+        resume_at=agent.resume_at,
+        load=beat.load if beat is not None else None,
+        last_heartbeat_at=last,
+        status_changed_at=agent.status_changed_at,
+        created_at=agent.created_at,
+        updated_at=agent.updated_at,
+    )
+
+
+def _event(session: AsyncSession, type_: str, agent: Agent, **extra: Any) -> None:
+    outbox.record(session, type_, {"agent": view(agent, None).model_dump(mode="json"), **extra}, agent.id)
+
+
+async def _ensure_unique_name(session: AsyncSession, name: str, ignore: uuid.UUID | None = None) -> None:
+    query = select(Agent.id).where(func.lower(Agent.name) == name.lower(), Agent.deleted_at.is_(None))
+    if ignore is not None:
+        query = query.where(Agent.id != ignore)
+    if (await session.execute(query.limit(1))).first() is not None:
+        raise errors.Conflict("An agent with that name exists.", {"field": "name"})
+
+
+async def _new_agent(
+    session: AsyncSession,
+    name: str,
+    capabilities: list[str],
+    max_concurrent: int,
+    metadata: dict[str, Any],
+    created_by: uuid.UUID | None,
+) -> tuple[Agent, str]:
+    await _ensure_unique_name(session, name)
+    secret = tokens.new_secret(tokens.AGENT_PREFIX)
+    agent = Agent(
+        name=name,
+        capabilities=capabilities,
+        max_concurrent=max_concurrent,
+        metadata_=metadata,
+        token_hash=tokens.digest(secret),
+        created_by=created_by,
+    )
+    session.add(agent)
+    await session.flush()
+    _event(session, "agent.registered", agent)
+    return agent, secret
+
+
+async def create_agent(session: AsyncSession, caller: Identity, data: AgentIn) -> tuple[Agent, str]:
+    """Register an agent; returns it and its token, which is shown only now.
+
+    Raises:
+        Conflict: a live agent has that name.
+    """
+    return await _new_agent(
+        session, data.name, data.capabilities, data.max_concurrent, data.metadata, caller.user_id
+    )
+
+
+async def get_agent(session: AsyncSession, agent_id: uuid.UUID) -> Agent:
+    agent = await session.get(Agent, agent_id)
+    if agent is None or agent.is_deleted:
+        raise errors.NotFound("No such agent.")
+    return agent
+
+
+async def list_agents(session: AsyncSession, query: AgentQuery) -> tuple[Sequence[Agent], int]:
+    statement: Select[Agent] = select(Agent).where(Agent.deleted_at.is_(None))
+    if query.status:
+        statement = statement.where(effective_status() == query.status)
+    if query.capability:
+        statement = statement.where(assignments.agent_has_all(session, [query.capability]))
+    if query.q:
+        escaped = query.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        statement = statement.where(func.lower(Agent.name).like(f"%{escaped}%", escape="\\"))
+    column = _SORT_COLUMNS[query.sort.removeprefix("-")]
+    statement = statement.order_by(column.desc() if query.sort.startswith("-") else column.asc(), Agent.id)
+    return await pagination.fetch_page(session, statement, query.page, query.per_page)
+
+
+async def update_agent(session: AsyncSession, agent_id: uuid.UUID, changes: dict[str, Any]) -> Agent:
+    """Change an agent. Pausing keeps a note and an optional resume time; resuming or giving it more
+    capacity hands it pending work at once.
+
+    Raises:
+        NotFound: no such agent.
+        Conflict: the new name is taken.
+    """
+    agent = await get_agent(session, agent_id)
+    if changes.get("name") is not None:
+        await _ensure_unique_name(session, changes["name"], ignore=agent.id)
+        agent.name = changes["name"]
+    for field in ("capabilities", "max_concurrent"):
+        if changes.get(field) is not None:
+            setattr(agent, field, changes[field])
+    if changes.get("metadata") is not None:
+        agent.metadata_ = changes["metadata"]
+    before = agent.status
+    if changes.get("mode") is not None:
+        agent.mode = changes["mode"]
+        if agent.mode != states.PAUSED:
+            agent.pause_note, agent.resume_at = None, None
+    if agent.mode == states.PAUSED:
+        if "pause_note" in changes:
+            agent.pause_note = changes["pause_note"]
+        if "resume_at" in changes:
+            agent.resume_at = changes["resume_at"]
+    agent.updated_at = datetime.now(UTC)
+    await session.flush()
+    _event(session, "agent.updated", agent)
+    if agent.status != before:
+        _event(session, "agent.status_changed", agent, **{"from": before, "to": agent.status})
+    await assignments.dispatch_to(session, agent.id)
+    await session.refresh(agent)
+    return agent
+
+
+async def delete_agent(
+    session: AsyncSession, presence_store: presence.Presence, agent_id: uuid.UUID
+) -> list[uuid.UUID]:
+    """Soft-delete an agent: its token stops working and the work it held goes back to pending.
+
+    Returns the requeued assignment ids.
+    """
+    agent = await get_agent(session, agent_id)
+    agent.soft_delete()
+    identity.forget_agent_token(session, agent.token_hash)
+    requeued = await assignments.requeue_held(session, agent.id)
+    _event(session, "agent.deleted", agent, requeued=[str(i) for i in requeued])
+    await presence_store.forget(agent.id)
+    return requeued
+
+
+async def rotate_token(session: AsyncSession, agent_id: uuid.UUID) -> tuple[Agent, str]:
+    """A new token for the agent; the old one is refused from the commit on, everywhere."""
+    agent = await get_agent(session, agent_id)
+    identity.forget_agent_token(session, agent.token_hash)
+    secret = tokens.new_secret(tokens.AGENT_PREFIX)
+    agent.token_hash = tokens.digest(secret)
+    agent.updated_at = datetime.now(UTC)
+    return agent, secret
+
+
+async def create_registration_token(
+    session: AsyncSession, caller: Identity, data: RegistrationTokenIn
+) -> tuple[RegistrationToken, str]:
+    secret = tokens.new_secret(tokens.REGISTRATION_PREFIX)
+    token = RegistrationToken(
+        name=data.name,
+        token_hash=tokens.digest(secret),
+        default_capabilities=data.default_capabilities,
+        single_use=data.single_use,
+        expires_at=datetime.now(UTC) + timedelta(hours=data.expires_in_hours),
+        created_by=caller.user_id,
+    )
+    session.add(token)
+    await session.flush()
+    return token, secret
+
+
+async def list_registration_tokens(
+    session: AsyncSession, page: int, per_page: int
+) -> tuple[Sequence[RegistrationToken], int]:
+    """Tokens that still work or could (not revoked), newest first."""
+    statement = (
+        select(RegistrationToken)
+        .where(RegistrationToken.revoked_at.is_(None))
+        .order_by(RegistrationToken.created_at.desc(), RegistrationToken.id)
+    )
+    return await pagination.fetch_page(session, statement, page, per_page)
+
+
+async def revoke_registration_token(session: AsyncSession, token_id: uuid.UUID) -> None:
+    token = await session.get(RegistrationToken, token_id)
+    if token is None or token.revoked_at is not None:
+        raise errors.NotFound("No such registration token.")
+    token.revoked_at = datetime.now(UTC)
+
+
+async def register_with_token(session: AsyncSession, data: AgentRegisterIn) -> tuple[Agent, str]:
+    """An agent registers itself with a registration token (a single-use one works once).
+
+    Raises:
+        Unauthorized: unknown, expired, revoked or used-up token.
+        Conflict: a live agent has that name.
+    """
+    now = datetime.now(UTC)
+    # Count the use only if the token is still good at this instant: two agents racing for a single-use
+    # token cannot both win.
+    used = await session.execute(
+        update(RegistrationToken)
+        .where(
+            RegistrationToken.token_hash == tokens.digest(data.token),
+            RegistrationToken.revoked_at.is_(None),
+            RegistrationToken.expires_at > now,
+            (RegistrationToken.single_use.is_(False)) | (RegistrationToken.uses == 0),
+        )
+        .values(uses=RegistrationToken.uses + 1)
+        .returning(RegistrationToken.default_capabilities)
+    )
+    defaults = used.scalar_one_or_none()
+    if defaults is None:
+        raise errors.Unauthorized("Invalid or expired registration token.")
+    capabilities = data.capabilities if data.capabilities is not None else list(defaults)
+    return await _new_agent(session, data.name, capabilities, data.max_concurrent, data.metadata, None)
+
+
+async def open_work(session: AsyncSession, agent_id: uuid.UUID) -> Sequence[Assignment]:
+    query = (
+        select(Assignment)
+        .where(Assignment.agent_id == agent_id, Assignment.status.in_(work_states.HELD))
+        .order_by(Assignment.priority.desc(), Assignment.assigned_at)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def record_heartbeat(
+    session: AsyncSession,
+    presence_store: presence.Presence,
+    caller: AgentIdentity,
+    agent_id: uuid.UUID,
+    beat: HeartbeatIn,
+) -> tuple[Agent, Sequence[Assignment]]:
+    """Note that the agent is alive; a change of status is written and published, nothing else is.
+
+    Raises:
+        NotFound: no such agent, or the token is another agent's.
+    """
+    if caller.agent_id != agent_id:
+        raise errors.NotFound("No such agent.")
+    agent = await get_agent(session, agent_id)
+    now = datetime.now(UTC)
+    await presence_store.record(agent.id, presence.Beat(now, beat.load))
+    changed = agent.reported_status != beat.status
+    if beat.metadata is not None and beat.metadata != agent.metadata_:
+        agent.metadata_ = beat.metadata
+        _event(session, "agent.updated", agent)
+    if changed:
+        before = agent.status
+        agent.reported_status = beat.status
+        agent.status_changed_at = now
+        agent.last_heartbeat_at = now
+        _event(session, "agent.status_changed", agent, **{"from": before, "to": agent.status})
+        await session.flush()
+        await assignments.dispatch_to(session, agent.id)
+    return agent, await open_work(session, agent.id)
+
+
+async def summary(session: AsyncSession) -> dict[str, Any]:
+    status = effective_status().label("status")
+    by_status = await session.execute(
+        select(status, func.count()).where(Agent.deleted_at.is_(None)).group_by(status)
+    )
+    agents = {name: count for name, count in by_status.all()}
+    by_work = await session.execute(
+        select(Assignment.status, func.count())
+        .where(Assignment.deleted_at.is_(None), Assignment.status.in_(work_states.OPEN))
+        .group_by(Assignment.status)
+    )
+    work = {name: count for name, count in by_work.all()}
+    return {
+        "agents": agents,
+        "total_agents": sum(agents.values()),
+        "assignments": work,
+        "open_assignments": sum(work.values()),
+    }
+
+
+async def history(
+    session: AsyncSession, agent_id: uuid.UUID, page: int, per_page: int
+) -> tuple[Sequence[Assignment], int]:
+    """Every assignment the agent holds or held, newest first."""
+    await get_agent(session, agent_id)
+    statement = (
+        select(Assignment)
+        .where(Assignment.agent_id == agent_id)
+        .order_by(Assignment.created_at.desc(), Assignment.id.desc())
+    )
+    return await pagination.fetch_page(session, statement, page, per_page)

@@ -1,0 +1,387 @@
+"""Assignments: giving work to agents, by choice or automatically, and moving it through its lifecycle.
+
+Correct under concurrency on both databases without trusting what a transaction read: every change of
+an agent's load or of an assignment's state is a conditional UPDATE (`... WHERE open_assignments <
+max_concurrent`, `... WHERE status = 'pending'`) whose row count says whether it won. On PostgreSQL the
+candidate rows are also taken `FOR UPDATE SKIP LOCKED`, so concurrent creators spread over different
+agents instead of queueing on the same one.
+
+Policy: auto-assignment picks an `online`, `active` agent with every required capability and spare
+capacity: fewest open assignments first, then the one that got work longest ago. Pending work is handed
+out by priority, then age, when an agent comes online, frees capacity or is resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, cast, exists, func, literal, not_, select, true, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service import errors, pagination
+from service.events import outbox
+from service.identity import AgentIdentity, Identity
+from service.models import agents as agent_states
+from service.models import assignments as states
+from service.models.agents import Agent
+from service.models.assignments import Assignment
+from service.schemas.assignments import AssignmentIn, AssignmentOut, AssignmentQuery
+
+# How many candidates one auto-assignment tries before leaving the work pending (each try is one
+# conditional UPDATE; losing several races in a row means the fleet is saturated).
+_CANDIDATES = 5
+
+# action → (states it may start from, the state it leads to)
+TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "accept": ((states.ASSIGNED,), states.ACCEPTED),
+    "start": ((states.ASSIGNED, states.ACCEPTED), states.IN_PROGRESS),
+    "complete": ((states.ACCEPTED, states.IN_PROGRESS), states.COMPLETED),
+    "fail": ((states.ASSIGNED, states.ACCEPTED, states.IN_PROGRESS), states.FAILED),
+    "cancel": (states.OPEN, states.CANCELLED),
+}
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def agent_has_all(session: AsyncSession, required: Sequence[str]) -> ColumnElement[bool]:
+    """SQL: the agent's capabilities include every one of `required`."""
+    if not required:
+        return true()
+    if _is_postgres(session):
+        return Agent.capabilities.op("@>")(cast(literal(json.dumps(list(required))), JSONB))
+    checks = []
+    for capability in required:
+        each = func.json_each(Agent.capabilities).table_valued("value").alias()
+        checks.append(exists(select(literal(1)).select_from(each).where(each.c.value == capability)))
+    return and_(*checks)
+
+
+def work_fits(session: AsyncSession, capabilities: Sequence[str]) -> ColumnElement[bool]:
+    """SQL: the assignment requires nothing outside `capabilities`."""
+    if _is_postgres(session):
+        return Assignment.required_capabilities.op("<@")(cast(literal(json.dumps(list(capabilities))), JSONB))
+    each = func.json_each(Assignment.required_capabilities).table_valued("value").alias()
+    return not_(exists(select(literal(1)).select_from(each).where(each.c.value.not_in(list(capabilities)))))
+
+
+def event_data(assignment: Assignment) -> dict[str, Any]:
+    return {"assignment": AssignmentOut.model_validate(assignment).model_dump(mode="json")}
+
+
+async def _claim_capacity(session: AsyncSession, agent_id: uuid.UUID, *, auto: bool) -> bool:
+    """Take one slot of the agent's capacity if it still has one (and, for auto-assignment, is online)."""
+    statuses = (agent_states.ONLINE,) if auto else (agent_states.ONLINE, agent_states.BUSY, agent_states.AWAY)
+    won = await session.execute(
+        update(Agent)
+        .where(
+            Agent.id == agent_id,
+            Agent.deleted_at.is_(None),
+            Agent.mode == agent_states.ACTIVE,
+            Agent.reported_status.in_(statuses),
+            Agent.open_assignments < Agent.max_concurrent,
+        )
+        .values(open_assignments=Agent.open_assignments + 1, last_assigned_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(won.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def release_capacity(session: AsyncSession, agent_id: uuid.UUID) -> None:
+    await session.execute(
+        update(Agent)
+        .where(Agent.id == agent_id, Agent.open_assignments > 0)
+        .values(open_assignments=Agent.open_assignments - 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def _candidates(session: AsyncSession, required: Sequence[str]) -> Sequence[uuid.UUID]:
+    query = (
+        select(Agent.id)
+        .where(
+            Agent.deleted_at.is_(None),
+            Agent.mode == agent_states.ACTIVE,
+            Agent.reported_status == agent_states.ONLINE,
+            Agent.open_assignments < Agent.max_concurrent,
+            agent_has_all(session, required),
+        )
+        .order_by(Agent.open_assignments, Agent.last_assigned_at.asc().nulls_first(), Agent.id)
+        .limit(_CANDIDATES)
+        .with_for_update(skip_locked=True)
+    )
+    return (await session.execute(query)).scalars().all()
+
+
+async def _explicit_agent(session: AsyncSession, agent_id: uuid.UUID, required: Sequence[str]) -> Agent:
+    """The chosen agent, checked.
+
+    Raises:
+        NotFound: no such live agent.
+        Conflict: it is offline, paused or draining, lacks a capability, or is at capacity.
+    """
+    query = select(Agent).where(Agent.id == agent_id, Agent.deleted_at.is_(None)).with_for_update()
+    agent = (await session.execute(query.execution_options(populate_existing=True))).scalar_one_or_none()
+    if agent is None:
+        raise errors.NotFound("No such agent.")
+    if agent.reported_status not in agent_states.BEATING or agent.mode != agent_states.ACTIVE:
+        raise errors.Conflict(f"The agent is {agent.status}.", {"agent_status": agent.status})
+    missing = sorted(set(required) - set(agent.capabilities))
+    if missing:
+        raise errors.Conflict("The agent lacks required capabilities.", {"missing_capabilities": missing})
+    if not await _claim_capacity(session, agent.id, auto=False):
+        raise errors.Conflict(
+            "The agent is at capacity.",
+            {"open_assignments": agent.open_assignments, "max": agent.max_concurrent},
+        )
+    return agent
+
+
+async def _place(session: AsyncSession, assignment: Assignment, agent_id: uuid.UUID | None) -> None:
+    """Give the (new or pending) assignment to the chosen agent, or the best free one, or leave it pending."""
+    chosen: uuid.UUID | None = None
+    if agent_id is not None:
+        chosen = (await _explicit_agent(session, agent_id, assignment.required_capabilities)).id
+    else:
+        for candidate in await _candidates(session, assignment.required_capabilities):
+            if await _claim_capacity(session, candidate, auto=True):
+                chosen = candidate
+                break
+    if chosen is not None:
+        assignment.status = states.ASSIGNED
+        assignment.agent_id = chosen
+        assignment.assigned_at = datetime.now(UTC)
+        assignment.attempts += 1
+
+
+async def create_assignment(session: AsyncSession, caller: Identity, data: AssignmentIn) -> Assignment:
+    """Create work and place it at once if an agent can take it.
+
+    Raises:
+        NotFound / Conflict: see _explicit_agent, when `agent_id` is given.
+    """
+    assignment = Assignment(
+        title=data.title,
+        payload=data.payload,
+        required_capabilities=sorted(set(data.required_capabilities)),
+        priority=data.priority,
+        created_by=caller.user_id,
+    )
+    session.add(assignment)
+    await _place(session, assignment, data.agent_id)
+    await session.flush()
+    outbox.record(session, "assignment.created", event_data(assignment), assignment.agent_id)
+    if assignment.agent_id is not None:
+        outbox.record(session, "assignment.assigned", event_data(assignment), assignment.agent_id)
+    return assignment
+
+
+async def get_assignment(session: AsyncSession, assignment_id: uuid.UUID) -> Assignment:
+    assignment = await session.get(Assignment, assignment_id)
+    if assignment is None or assignment.is_deleted:
+        raise errors.NotFound("No such assignment.")
+    return assignment
+
+
+async def list_assignments(session: AsyncSession, query: AssignmentQuery) -> tuple[Sequence[Assignment], int]:
+    statement: Select[Assignment] = select(Assignment).where(Assignment.deleted_at.is_(None))
+    if query.status:
+        statement = statement.where(Assignment.status == query.status)
+    if query.agent_id:
+        statement = statement.where(Assignment.agent_id == query.agent_id)
+    statement = statement.order_by(Assignment.created_at.desc(), Assignment.id.desc())
+    return await pagination.fetch_page(session, statement, query.page, query.per_page)
+
+
+async def transition(
+    session: AsyncSession,
+    actor: Identity | AgentIdentity,
+    assignment_id: uuid.UUID,
+    action: str,
+    changes: dict[str, Any] | None = None,
+) -> Assignment:
+    """Move an assignment along its lifecycle (accept, start, complete, fail, cancel).
+
+    An agent may act only on its own assignments and may not cancel; operators may do any of it.
+
+    Raises:
+        NotFound: no such assignment, or another agent's.
+        Forbidden: an agent cancelling.
+        Conflict: the assignment is not in a state the action starts from (details name the state).
+    """
+    assignment = await get_assignment(session, assignment_id)
+    if isinstance(actor, AgentIdentity):
+        if assignment.agent_id != actor.agent_id:
+            raise errors.NotFound("No such assignment.")
+        if action == "cancel":
+            raise errors.Forbidden("Agents cannot cancel work; fail it instead.")
+    sources, target = TRANSITIONS[action]
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {"status": target, "updated_at": now, **(changes or {})}
+    if target == states.IN_PROGRESS:
+        values["started_at"] = now
+    if target in states.CLOSED:
+        values["finished_at"] = now
+    previous = assignment.status
+    held_by = assignment.agent_id if assignment.status in states.HELD else None
+    moved = await session.execute(
+        update(Assignment)
+        .where(Assignment.id == assignment.id, Assignment.status.in_(sources))
+        .values(**values)
+        .returning(Assignment)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    if moved.scalar_one_or_none() is None:
+        await session.refresh(assignment)
+        raise errors.Conflict(
+            f"Cannot {action} an assignment that is {assignment.status}.",
+            {"status": assignment.status, "allowed_from": list(sources)},
+        )
+    outbox.record(
+        session,
+        "assignment.status_changed",
+        {**event_data(assignment), "from": previous, "to": target},
+        assignment.agent_id,
+    )
+    if target in states.CLOSED and held_by is not None:
+        await release_capacity(session, held_by)
+        await dispatch_to(session, held_by)
+    return assignment
+
+
+async def reassign(
+    session: AsyncSession, caller: Identity, assignment_id: uuid.UUID, agent_id: uuid.UUID | None
+) -> Assignment:
+    """Take open work from its agent (if any) and give it to another, or the best free one, or pending.
+
+    Raises:
+        NotFound: no such assignment or agent.
+        Conflict: the work is closed, or the chosen agent cannot take it.
+    """
+    assignment = await get_assignment(session, assignment_id)
+    if assignment.status not in states.OPEN:
+        raise errors.Conflict(
+            f"Cannot reassign an assignment that is {assignment.status}.", {"status": assignment.status}
+        )
+    previous_agent = assignment.agent_id if assignment.status in states.HELD else None
+    taken = await session.execute(
+        update(Assignment)
+        .where(Assignment.id == assignment.id, Assignment.status == assignment.status)
+        .values(status=states.PENDING, agent_id=None, assigned_at=None, started_at=None)
+        .returning(Assignment)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    if taken.scalar_one_or_none() is None:
+        raise errors.Conflict("The assignment changed meanwhile; try again.")
+    if previous_agent is not None:
+        await release_capacity(session, previous_agent)
+    await _place(session, assignment, agent_id)
+    await session.flush()
+    outbox.record(
+        session,
+        "assignment.assigned" if assignment.agent_id else "assignment.status_changed",
+        {**event_data(assignment), "from_agent_id": str(previous_agent) if previous_agent else None},
+        assignment.agent_id or previous_agent,
+    )
+    if previous_agent is not None and previous_agent != assignment.agent_id:
+        await dispatch_to(session, previous_agent)
+    return assignment
+
+
+async def dispatch_to(session: AsyncSession, agent_id: uuid.UUID) -> list[Assignment]:
+    """Hand pending work the agent can do to it, by priority then age, while it has capacity."""
+    agent = await session.get(Agent, agent_id, populate_existing=True)
+    if (
+        agent is None
+        or agent.is_deleted
+        or agent.mode != agent_states.ACTIVE
+        or agent.reported_status != agent_states.ONLINE
+        or agent.open_assignments >= agent.max_concurrent
+    ):
+        return []
+    pending = (
+        (
+            await session.execute(
+                select(Assignment.id)
+                .where(
+                    Assignment.status == states.PENDING,
+                    Assignment.deleted_at.is_(None),
+                    work_fits(session, agent.capabilities),
+                )
+                .order_by(Assignment.priority.desc(), Assignment.created_at, Assignment.id)
+                .limit(agent.max_concurrent - agent.open_assignments)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    given: list[Assignment] = []
+    for assignment_id in pending:
+        if not await _claim_capacity(session, agent.id, auto=True):
+            break
+        claimed = (
+            await session.execute(
+                update(Assignment)
+                .where(Assignment.id == assignment_id, Assignment.status == states.PENDING)
+                .values(
+                    status=states.ASSIGNED,
+                    agent_id=agent.id,
+                    assigned_at=datetime.now(UTC),
+                    attempts=Assignment.attempts + 1,
+                )
+                .returning(Assignment)
+                .execution_options(synchronize_session=False, populate_existing=True)
+            )
+        ).scalar_one_or_none()
+        if claimed is None:  # another transaction handed it out first: give the slot back
+            await release_capacity(session, agent.id)
+            continue
+        outbox.record(session, "assignment.assigned", event_data(claimed), agent.id)
+        given.append(claimed)
+    return given
+
+
+async def requeue_held(session: AsyncSession, agent_id: uuid.UUID) -> list[uuid.UUID]:
+    """Put the work an agent holds back to pending (it went offline or was deleted: its lease ended),
+    then hand it to other agents. Returns the requeued ids."""
+    held = (
+        (
+            await session.execute(
+                update(Assignment)
+                .where(Assignment.agent_id == agent_id, Assignment.status.in_(states.HELD))
+                .values(status=states.PENDING, agent_id=None, assigned_at=None, started_at=None)
+                .returning(Assignment)
+                .execution_options(synchronize_session=False, populate_existing=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not held:
+        return []
+    await session.execute(
+        update(Agent)
+        .where(Agent.id == agent_id)
+        .values(open_assignments=0)
+        .execution_options(synchronize_session=False)
+    )
+    for assignment in held:
+        outbox.record(
+            session,
+            "assignment.status_changed",
+            {**event_data(assignment), "from": "held", "to": states.PENDING, "from_agent_id": str(agent_id)},
+            agent_id,
+        )
+    for assignment in held:
+        await _place(session, assignment, None)
+        if assignment.agent_id is not None:
+            outbox.record(session, "assignment.assigned", event_data(assignment), assignment.agent_id)
+    await session.flush()
+    return [assignment.id for assignment in held]

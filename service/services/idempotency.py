@@ -1,0 +1,69 @@
+"""`Idempotency-Key`: the first answer to a keyed request is stored with the change it made, in the same
+transaction, and replayed to every retry with the same key (per user). Reusing a key for a different
+request is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service import errors
+from service.models.assignments import IdempotencyKey
+
+MAX_KEY_LENGTH = 200
+
+
+def fingerprint(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+async def claim(
+    session: AsyncSession, user_id: uuid.UUID, key: str, request_hash: str
+) -> tuple[int, dict[str, Any]] | IdempotencyKey:
+    """The stored (status, body) when this key was used before; else a claim to fill in with `settle`.
+
+    Two requests racing with one key: the second waits on the unique index until the first commits,
+    then replays its answer.
+
+    Raises:
+        MalformedRequest: an empty or overlong key.
+        Conflict: the key was used for a different request.
+    """
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise errors.MalformedRequest(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters.")
+    stored = await _find(session, user_id, key)
+    if stored is None:
+        claimed = IdempotencyKey(
+            user_id=user_id, key=key, request_hash=request_hash, status_code=0, response={}
+        )
+        session.add(claimed)
+        try:
+            await session.flush()
+            return claimed
+        except IntegrityError:
+            await session.rollback()
+            stored = await _find(session, user_id, key)
+            assert stored is not None  # the unique violation means it exists, committed
+    if stored.request_hash != request_hash:
+        raise errors.Conflict(
+            "This Idempotency-Key was used for a different request.", {"header": "Idempotency-Key"}
+        )
+    return stored.status_code, stored.response
+
+
+def settle(claimed: IdempotencyKey, status_code: int, body: dict[str, Any]) -> None:
+    """Store the answer; it commits with the change it describes."""
+    claimed.status_code = status_code
+    claimed.response = body
+
+
+async def _find(session: AsyncSession, user_id: uuid.UUID, key: str) -> IdempotencyKey | None:
+    query = select(IdempotencyKey).where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
+    return (await session.execute(query)).scalar_one_or_none()

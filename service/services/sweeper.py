@@ -1,0 +1,155 @@
+"""The heartbeat sweeper: silent agents go offline (their held work back to pending), long-offline ones
+go stale, paused ones resume when their time comes. One sweeper at a time across every instance.
+
+Policy (the lease): work an agent holds (assigned, accepted or in progress) is leased to it for as long as
+it beats. When the sweeper marks it offline the lease ends: the work returns to `pending` and is handed
+to another agent, or waits. An agent that finishes a job while marked offline gets 409 for it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from quart import Quart
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service import background, db, log, presence
+from service.config import Settings
+from service.events import outbox
+from service.models import agents as states
+from service.models.agents import Agent
+from service.services import agents, assignments
+
+logger = log.get(__name__)
+
+# Names the sweeper's PostgreSQL advisory lock (arbitrary, distinct from the relay's).
+SWEEP_LOCK = 0x5B_05EE9
+SWEEP_LOOP = "sweeper"
+
+
+async def sweep(
+    database: db.Database, presence_store: presence.Presence, settings: Settings, now: datetime | None = None
+) -> bool:
+    """One round. Returns False (the loop waits for its interval); a round that cannot take the lock
+    because another instance is sweeping does nothing."""
+    now = now or datetime.now(UTC)
+    async with database.sessionmaker() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            locked = await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK})
+            if not locked:
+                await session.rollback()
+                return False
+        silent = await _silent_agents(
+            session, presence_store, now - timedelta(seconds=settings.agent_heartbeat_timeout)
+        )
+        for agent_id, last_seen, was in silent:
+            await _mark_offline(session, agent_id, last_seen, was, now)
+        await _mark_stale(session, now - timedelta(seconds=settings.agent_stale_after), now)
+        await _resume_paused(session, now)
+        await db.commit(session)
+    if silent:
+        logger.info("agents_offline", count=len(silent))
+    return False
+
+
+async def _silent_agents(
+    session: AsyncSession, presence_store: presence.Presence, deadline: datetime
+) -> list[tuple[uuid.UUID, datetime | None, str]]:
+    watched = (
+        await session.execute(
+            select(Agent.id, Agent.last_heartbeat_at, Agent.status_changed_at, Agent.reported_status).where(
+                Agent.reported_status.in_(states.BEATING), Agent.deleted_at.is_(None)
+            )
+        )
+    ).all()
+    beats = await presence_store.last(row.id for row in watched)
+    silent = []
+    for row in watched:
+        beat = beats.get(row.id)
+        seen = beat.at if beat is not None else (row.last_heartbeat_at or row.status_changed_at)
+        if seen is None or seen < deadline:
+            silent.append(
+                (row.id, beat.at if beat is not None else row.last_heartbeat_at, row.reported_status)
+            )
+    return silent
+
+
+async def _mark_offline(
+    session: AsyncSession, agent_id: uuid.UUID, last_seen: datetime | None, was: str, now: datetime
+) -> None:
+    # Conditional: a beat that changed the status meanwhile wins over the sweeper.
+    agent = (
+        await session.execute(
+            update(Agent)
+            .where(Agent.id == agent_id, Agent.reported_status.in_(states.BEATING))
+            .values(reported_status=states.OFFLINE, status_changed_at=now, last_heartbeat_at=last_seen)
+            .returning(Agent)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if agent is None:
+        return
+    requeued = await assignments.requeue_held(session, agent.id)
+    data = {"agent": agents.view(agent, None).model_dump(mode="json"), "requeued": [str(i) for i in requeued]}
+    outbox.record(session, "agent.status_changed", {**data, "from": was, "to": states.OFFLINE}, agent.id)
+    outbox.record(session, "agent.offline", data, agent.id)
+
+
+async def _mark_stale(session: AsyncSession, deadline: datetime, now: datetime) -> None:
+    stale = (
+        (
+            await session.execute(
+                update(Agent)
+                .where(
+                    Agent.reported_status == states.OFFLINE,
+                    Agent.status_changed_at < deadline,
+                    Agent.deleted_at.is_(None),
+                )
+                .values(reported_status=states.STALE, status_changed_at=now)
+                .returning(Agent)
+                .execution_options(synchronize_session=False, populate_existing=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for agent in stale:
+        data = {
+            "agent": agents.view(agent, None).model_dump(mode="json"),
+            "from": states.OFFLINE,
+            "to": states.STALE,
+        }
+        outbox.record(session, "agent.status_changed", data, agent.id)
+
+
+async def _resume_paused(session: AsyncSession, now: datetime) -> None:
+    resumed = (
+        (
+            await session.execute(
+                update(Agent)
+                .where(Agent.mode == states.PAUSED, Agent.resume_at <= now, Agent.deleted_at.is_(None))
+                .values(mode=states.ACTIVE, pause_note=None, resume_at=None, updated_at=now)
+                .returning(Agent)
+                .execution_options(synchronize_session=False, populate_existing=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for agent in resumed:
+        data = {
+            "agent": agents.view(agent, None).model_dump(mode="json"),
+            "from": states.PAUSED,
+            "to": agent.status,
+        }
+        outbox.record(session, "agent.status_changed", data, agent.id)
+        await assignments.dispatch_to(session, agent.id)
+
+
+def init_app(app: Quart, settings: Settings) -> None:
+    async def round_() -> bool:
+        return await sweep(app.extensions["db"], app.extensions["presence"], settings)
+
+    background.loops_of(app).add(SWEEP_LOOP, round_, settings.sweep_interval)

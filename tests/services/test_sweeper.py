@@ -1,0 +1,110 @@
+"""The heartbeat sweeper: silence means offline (and the lease on held work ends), long silence stale,
+paused agents resume on time; one sweeper at a time across instances."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from quart.testing import QuartClient
+from sqlalchemy import select, text
+
+from service import db
+from service.application import Switchboard
+from service.config import Settings
+from service.models.events import OutboxEvent
+from service.services import sweeper
+
+from ..accounts import signed_in
+from ..fleet import beat, make_agent, make_work, online_agent
+
+
+async def _sweep(app: Switchboard, after: timedelta) -> None:
+    settings: Settings = app.config["SETTINGS"]
+    await sweeper.sweep(app.extensions["db"], app.extensions["presence"], settings, datetime.now(UTC) + after)
+
+
+async def _event_types(app: Switchboard) -> list[str]:
+    database: db.Database = app.extensions["db"]
+    async with database.sessionmaker() as session:
+        return list((await session.execute(select(OutboxEvent.type).order_by(OutboxEvent.id))).scalars())
+
+
+async def _agent(client: QuartClient, headers: dict[str, str], agent_id: str) -> dict[str, object]:
+    data: dict[str, object] = (
+        await (await client.get(f"/api/v1/agents/{agent_id}", headers=headers)).get_json()
+    )["data"]
+    return data
+
+
+async def test_silent_agents_go_offline_and_their_work_moves_on(
+    client: QuartClient, app: Switchboard
+) -> None:
+    operator = await signed_in(client, "opal", "operator", app)
+    quiet, _ = await online_agent(client, operator, "quiet")
+    work = await make_work(client, operator)
+    assert work["agent_id"] == quiet
+    await client.post(f"/api/v1/assignments/{work['id']}/accept", headers=operator)
+    await _sweep(app, timedelta(seconds=10))
+    assert (await _agent(client, operator, quiet))["status"] == "online"  # within the timeout
+    lively, lively_token = await make_agent(client, operator, "lively")
+    await _sweep(app, timedelta(seconds=31))
+    assert (await _agent(client, operator, quiet))["status"] == "offline"
+    moved = (await (await client.get(f"/api/v1/assignments/{work['id']}", headers=operator)).get_json())[
+        "data"
+    ]
+    assert (moved["status"], moved["agent_id"]) == ("pending", None)  # the lease ended with the agent
+    assert "agent.offline" in await _event_types(app)
+    seen = await beat(client, lively, lively_token)
+    assert [a["id"] for a in seen["assignments"]] == [work["id"]]
+
+
+async def test_a_beat_brings_an_offline_agent_back(client: QuartClient, app: Switchboard) -> None:
+    operator = await signed_in(client, "opal", "operator", app)
+    agent_id, token = await online_agent(client, operator, "a1")
+    await _sweep(app, timedelta(seconds=60))
+    assert (await _agent(client, operator, agent_id))["status"] == "offline"
+    assert (await beat(client, agent_id, token))["status"] == "online"
+
+
+async def test_long_offline_agents_turn_stale(client: QuartClient, app: Switchboard) -> None:
+    operator = await signed_in(client, "opal", "operator", app)
+    agent_id, _ = await online_agent(client, operator, "a1")
+    await _sweep(app, timedelta(seconds=60))
+    await _sweep(app, timedelta(days=2))
+    assert (await _agent(client, operator, agent_id))["status"] == "stale"
+
+
+async def test_paused_agents_resume_on_time(client: QuartClient, app: Switchboard) -> None:
+    operator = await signed_in(client, "opal", "operator", app)
+    agent_id, token = await online_agent(client, operator, "a1")
+    resume_at = (datetime.now(UTC) + timedelta(seconds=20)).isoformat()
+    paused = await client.patch(
+        f"/api/v1/agents/{agent_id}",
+        json={"mode": "paused", "pause_note": "patching", "resume_at": resume_at},
+        headers=operator,
+    )
+    assert (await paused.get_json())["data"]["pause_note"] == "patching"
+    waiting = await make_work(client, operator)
+    assert waiting["status"] == "pending"
+    await beat(client, agent_id, token)  # still beating, still paused
+    await _sweep(app, timedelta(seconds=25))
+    shown = await _agent(client, operator, agent_id)
+    assert (shown["status"], shown["pause_note"]) == ("online", None)
+    assert (await _agent(client, operator, agent_id))["open_assignments"] == 1  # resumed: work followed
+
+
+async def test_one_sweeper_at_a_time(client: QuartClient, app: Switchboard) -> None:
+    operator = await signed_in(client, "opal", "operator", app)
+    agent_id, _ = await online_agent(client, operator, "a1")
+    database: db.Database = app.extensions["db"]
+    if database.engine.dialect.name == "postgresql":
+        # Another instance holds the sweeper's lock: this one must leave the agent alone.
+        async with database.engine.connect() as other:
+            await other.execute(text("SELECT pg_advisory_lock(:key)"), {"key": sweeper.SWEEP_LOCK})
+            await _sweep(app, timedelta(seconds=60))
+            assert (await _agent(client, operator, agent_id))["status"] == "online"
+            await other.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": sweeper.SWEEP_LOCK})
+    # Several sweeps at once mark the agent offline once.
+    await asyncio.gather(*(_sweep(app, timedelta(seconds=60)) for _ in range(4)))
+    assert (await _event_types(app)).count("agent.offline") == 1

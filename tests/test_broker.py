@@ -1,0 +1,440 @@
+"""The broker contract, run against MemoryBroker always and RedisBroker when TEST_REDIS_URL is set.
+
+The Redis cases are left out of collection (not skipped) when TEST_REDIS_URL is unset: CI runs this module
+once with it and once without, and a skip would hide a Redis case that never ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from service.events.broker import (
+    REPLAY_PAGE,
+    Broker,
+    BrokerUnavailable,
+    Envelope,
+    Event,
+    SubscriberLagged,
+    event_id_key,
+)
+from service.events.memory_broker import MemoryBroker
+from service.events.redis_broker import RedisBroker
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL") or None
+KINDS = ["memory", *(["redis"] if REDIS_URL else [])]
+HEARTBEAT = 0.05
+WAIT = 10.0
+
+
+class Brokers:
+    """Builds started brokers for one test and closes them (and, for Redis, deletes its keys) after."""
+
+    def __init__(self) -> None:
+        self.prefix = f"sbtest:broker:{uuid.uuid4().hex}"
+        self._brokers: list[Broker] = []
+        self._clients: list[Redis] = []
+
+    def client(self, url: str | None = None) -> Redis:
+        client = Redis.from_url(url or REDIS_URL or "", socket_timeout=5, socket_connect_timeout=1)
+        self._clients.append(client)
+        return client
+
+    async def memory(self, **options: Any) -> Broker:
+        return await self._started(MemoryBroker(**options))
+
+    async def redis(self, url: str | None = None, **options: Any) -> RedisBroker:
+        """A broker of its own "process": its own client, listener and listener name."""
+        options = {"approximate": False, "block_ms": 200, **options}
+        name = f"{self.prefix}:listener:{len(self._brokers)}"
+        broker = RedisBroker(self.client(url), stream_key=self.prefix, listener_name=name, **options)
+        await self._started(broker)
+        return broker
+
+    async def _started(self, broker: Any) -> Any:
+        await broker.start()
+        self._brokers.append(broker)
+        return broker
+
+    async def close(self) -> None:
+        for broker in self._brokers:
+            await broker.close()
+        if REDIS_URL:
+            cleaner = self.client()
+            # Only this test's keys: other suites share the server (and db numbers are assigned per suite).
+            async for key in cleaner.scan_iter(match=f"{self.prefix}*"):
+                await cleaner.delete(key)
+        for client in self._clients:
+            await client.aclose()
+
+
+@pytest.fixture
+async def brokers() -> AsyncIterator[Brokers]:
+    made = Brokers()
+    yield made
+    await made.close()
+
+
+@pytest.fixture(params=KINDS)
+def make_broker(request: pytest.FixtureRequest, brokers: Brokers) -> Callable[..., Any]:
+    return brokers.memory if request.param == "memory" else brokers.redis
+
+
+@pytest.fixture
+async def broker(make_broker: Callable[..., Any]) -> Broker:
+    made: Broker = await make_broker()
+    return made
+
+
+@asynccontextmanager
+async def watching(
+    broker: Broker, topics: frozenset[str] | None, last_event_id: str | None = None, *, maxsize: int = 256
+) -> AsyncIterator[AsyncIterator[Event | None]]:
+    """A subscription's event stream; the subscription is registered on entry and gone on exit."""
+    async with (
+        broker.subscribe(topics, maxsize=maxsize) as subscription,
+        aclosing(subscription.events(last_event_id, HEARTBEAT)) as stream,
+    ):
+        yield stream
+
+
+def envelope(n: int, topic: str | None = "a1") -> Envelope:
+    return Envelope(outbox_id=n, type="agent.status_changed", data={"n": n}, topic=topic)
+
+
+def numbers(events: Sequence[Event]) -> list[int]:
+    return [event.data["n"] for event in events]
+
+
+async def take(stream: AsyncIterator[Event | None], count: int) -> list[Event]:
+    """The next `count` events of a stream, passing over heartbeats."""
+    got: list[Event] = []
+    async with asyncio.timeout(WAIT):
+        while len(got) < count:
+            item = await anext(stream)
+            if item is not None:
+                got.append(item)
+    return got
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+# The contract, for both brokers.
+
+
+async def test_append_returns_increasing_ids(broker: Broker) -> None:
+    ids = await broker.append([envelope(n) for n in range(5)])
+    ids += await broker.append([envelope(n) for n in range(5, 8)])
+
+    keys = [event_id_key(event_id) for event_id in ids if event_id is not None]
+    assert len(keys) == 8
+    assert keys == sorted(keys)
+    assert len(set(keys)) == 8
+
+
+async def test_subscribers_get_their_topics_and_everything_subscribers_get_all(broker: Broker) -> None:
+    topics = ["a1", "a2", None, "a3", "a1", "a4"]
+    async with (
+        watching(broker, frozenset({"a1"})) as a1_stream,
+        watching(broker, frozenset({"a2", "a3"})) as a23_stream,
+        watching(broker, None) as all_stream,
+    ):
+        await broker.append([envelope(n, topic) for n, topic in enumerate(topics)])
+        assert numbers(await take(a1_stream, 2)) == [0, 4]
+        assert numbers(await take(a23_stream, 2)) == [1, 3]
+        assert numbers(await take(all_stream, 6)) == [0, 1, 2, 3, 4, 5]
+
+        # Nothing else was queued for the topic subscribers: the next event each sees is a fresh one.
+        await broker.append([envelope(10, "a1"), envelope(11, "a3")])
+        assert numbers(await take(a1_stream, 1)) == [10]
+        assert numbers(await take(a23_stream, 1)) == [11]
+
+
+async def test_events_arrive_in_append_order(broker: Broker) -> None:
+    async with watching(broker, None) as stream:
+        for start in range(0, 60, 7):
+            await broker.append([envelope(n, f"a{n % 3}") for n in range(start, min(start + 7, 60))])
+        got = await take(stream, 60)
+
+    assert numbers(got) == list(range(60))
+    assert [event.key for event in got] == sorted(event.key for event in got)
+
+
+async def test_every_subscriber_shares_one_encoded_event(broker: Broker) -> None:
+    async with watching(broker, frozenset({"a1"})) as first, watching(broker, None) as second:
+        [event_id] = await broker.append(
+            [Envelope(outbox_id=1, type="agent.status_changed", data={"to": "busy", "é": 1}, topic="a1")]
+        )
+        [seen_first], [seen_second] = await take(first, 1), await take(second, 1)
+
+    assert seen_first is seen_second
+    assert seen_first.id == event_id
+    assert seen_first.type == "agent.status_changed"
+    assert seen_first.topic == "a1"
+    assert seen_first.data == {"to": "busy", "é": 1}
+    expected = (
+        f"id: {event_id}\nevent: agent.status_changed\n"
+        f'data: {{"id":"{event_id}","type":"agent.status_changed","to":"busy","é":1}}\n\n'
+    )
+    assert seen_first.frame == expected.encode()
+
+
+async def test_replay_returns_exactly_the_later_events(broker: Broker) -> None:
+    ids = await broker.append([envelope(n, f"a{n % 2}") for n in range(10)])
+    assert None not in ids
+
+    assert numbers(await broker.replay(str(ids[3]))) == [4, 5, 6, 7, 8, 9]
+    assert numbers(await broker.replay(str(ids[3]), limit=2)) == [4, 5]
+    assert await broker.replay(str(ids[-1])) == []
+    assert numbers(await broker.replay("0")) == list(range(10))
+    assert [event.id for event in await broker.replay("0-0")] == ids
+
+
+async def test_last_event_id_replays_then_goes_live_without_gap_or_duplicate(broker: Broker) -> None:
+    async def append_more() -> None:
+        for n in range(50, 100):
+            await broker.append([envelope(n), envelope(1000 + n, "other")])
+            await asyncio.sleep(0)
+
+    subscription = broker.subscribe(frozenset({"a1"}))
+    # Appended after registering: these sit in the live queue and in the log, so replay and live overlap.
+    ids = await broker.append([envelope(n) for n in range(50)])
+    async with subscription, aclosing(subscription.events(ids[9], HEARTBEAT)) as stream:
+        appending = asyncio.create_task(append_more())
+        got = await take(stream, 90)
+        await appending
+        # Had anything been yielded twice, the next event would not be the fresh one.
+        await broker.append([envelope(100)])
+        got += await take(stream, 1)
+
+    assert numbers(got) == list(range(10, 101))
+
+
+async def test_catching_up_reads_a_long_gap_page_by_page(broker: Broker) -> None:
+    count = REPLAY_PAGE * 2 + 500
+    for start in range(0, count, 500):
+        await broker.append([envelope(n) for n in range(start, start + 500)])
+
+    async with watching(broker, frozenset({"a1"}), "0") as stream:
+        got = await take(stream, count)
+
+    assert numbers(got) == list(range(count))
+
+
+async def test_duplicate_outbox_id_is_appended_and_delivered_once(broker: Broker) -> None:
+    async with watching(broker, None) as stream:
+        [first] = await broker.append([envelope(1)])
+        again = await broker.append([envelope(1), envelope(2)])
+        same_batch = await broker.append([envelope(3), envelope(3)])
+        got = await take(stream, 3)
+        await broker.append([envelope(4)])
+        got += await take(stream, 1)
+
+    assert first is not None
+    assert again[0] is None
+    assert again[1] is not None
+    assert same_batch[0] is not None
+    assert same_batch[1] is None
+    assert numbers(got) == [1, 2, 3, 4]
+    assert numbers(await broker.replay("0")) == [1, 2, 3, 4]
+
+
+async def test_leaving_a_subscription_unregisters_it(broker: Broker) -> None:
+    async with broker.subscribe(frozenset({"a1"})), broker.subscribe(None):
+        assert broker.subscriber_count == 2
+    assert broker.subscriber_count == 0
+    # Delivering to nobody is fine.
+    await broker.append([envelope(1)])
+
+
+async def test_cancelling_a_subscriber_unregisters_it(broker: Broker) -> None:
+    listening = asyncio.Event()
+
+    async def watch() -> None:
+        async with broker.subscribe(frozenset({"a1"})) as subscription:
+            listening.set()
+            async for _ in subscription.events(None, HEARTBEAT):
+                pass
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.wait_for(listening.wait(), WAIT)
+    assert broker.subscriber_count == 1
+
+    watcher.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watcher
+    assert broker.subscriber_count == 0
+
+
+async def test_an_idle_subscription_yields_heartbeats(broker: Broker) -> None:
+    async with watching(broker, frozenset({"a1"})) as stream:
+        assert await asyncio.wait_for(anext(stream), WAIT) is None
+        assert await asyncio.wait_for(anext(stream), WAIT) is None
+        await broker.append([envelope(1)])
+        assert numbers(await take(stream, 1)) == [1]
+
+
+async def test_a_slow_consumer_recovers_the_overflow_from_the_log(broker: Broker) -> None:
+    async with watching(broker, frozenset({"a1"}), maxsize=2) as stream:
+        await broker.append([envelope(n, "a1" if n % 2 else "a2") for n in range(20)])
+        await wait_until(lambda: broker.overflow_count > 0)
+        got = await take(stream, 10)
+        # Live delivery resumes after the recovery.
+        await broker.append([envelope(100)])
+        got += await take(stream, 1)
+
+    assert numbers(got) == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 100]
+
+
+async def test_a_slow_consumer_lags_when_the_log_no_longer_holds_the_gap(
+    make_broker: Callable[..., Any],
+) -> None:
+    broker: Broker = await make_broker(maxlen=5)
+    async with watching(broker, None, maxsize=2) as stream:
+        await broker.append([envelope(n) for n in range(3)])
+        await wait_until(lambda: broker.overflow_count > 0)
+        # Trims events 0-14 from the log: 2 and later, which the full queue could not take, are gone.
+        await broker.append([envelope(n) for n in range(3, 20)])
+        assert numbers(await take(stream, 2)) == [0, 1]
+        with pytest.raises(SubscriberLagged):
+            await take(stream, 1)
+
+
+async def test_replaying_from_a_trimmed_id_lags(make_broker: Callable[..., Any]) -> None:
+    broker: Broker = await make_broker(maxlen=5)
+    ids = await broker.append([envelope(n) for n in range(12)])
+
+    with pytest.raises(SubscriberLagged):
+        await broker.replay(str(ids[2]))
+    async with broker.subscribe(frozenset({"a1"})) as subscription:
+        with pytest.raises(SubscriberLagged):
+            await take(subscription.events(str(ids[2]), HEARTBEAT), 1)
+    # From the id just before the oldest kept event, nothing is missing.
+    assert numbers(await broker.replay(str(ids[6]))) == [7, 8, 9, 10, 11]
+
+
+@pytest.mark.parametrize(
+    "junk", ["", "abc", "1-", "-1", "1-2-3", " 1-2", "1-2\n", "1.5", "\u0661-\u0662", "1" * 21]
+)
+async def test_invalid_event_ids_are_rejected(broker: Broker, junk: str) -> None:
+    with pytest.raises(ValueError, match="event id"):
+        event_id_key(junk)
+    with pytest.raises(ValueError, match="event id"):
+        await broker.replay(junk)
+    async with broker.subscribe(None) as subscription:
+        with pytest.raises(ValueError, match="event id"):
+            await anext(subscription.events(junk, HEARTBEAT))
+
+
+def test_event_ids_compare_as_numbers() -> None:
+    assert event_id_key("5") == (5, 0)
+    assert event_id_key("1700000000000-12") == (1700000000000, 12)
+    assert event_id_key("10-0") > event_id_key("9-99")
+    with pytest.raises(ValueError, match="out of range"):
+        event_id_key(str(2**64))
+
+
+async def test_an_event_type_that_breaks_sse_framing_appends_nothing(broker: Broker) -> None:
+    bad = Envelope(outbox_id=2, type="x\ndata: injected", data={}, topic="a1")
+    with pytest.raises(ValueError, match="event type"):
+        await broker.append([envelope(1), bad])
+    assert await broker.replay("0") == []
+
+
+# Redis only: several processes, outages and reconnects.
+
+if REDIS_URL:
+
+    async def test_two_processes_each_receive_every_event(brokers: Brokers) -> None:
+        first, second = await brokers.redis(), await brokers.redis()
+        async with (
+            watching(first, None) as first_stream,
+            watching(second, frozenset({"a1"})) as second_stream,
+        ):
+            ids = await first.append([envelope(0), envelope(1)])
+            ids += await second.append([envelope(2), envelope(3)])
+            ids += await first.append([envelope(4)])
+            seen_first, seen_second = await take(first_stream, 5), await take(second_stream, 5)
+
+        assert [event.id for event in seen_first] == ids
+        assert [event.id for event in seen_second] == ids
+
+    async def test_a_listener_starts_at_the_end_of_the_stream(brokers: Brokers) -> None:
+        writer = await brokers.redis()
+        await writer.append([envelope(0), envelope(1)])
+        reader = await brokers.redis()
+
+        async with watching(reader, None) as stream:
+            await writer.append([envelope(2)])
+            assert numbers(await take(stream, 1)) == [2]
+
+    async def test_an_unreachable_redis_raises_broker_unavailable(brokers: Brokers) -> None:
+        broker = await brokers.redis("redis://127.0.0.1:1/13")  # start() survives it
+
+        with pytest.raises(BrokerUnavailable):
+            await broker.append([envelope(1)])
+        with pytest.raises(BrokerUnavailable):
+            await broker.replay("0")
+        async with broker.subscribe(None) as subscription:
+            with pytest.raises(BrokerUnavailable):
+                await anext(subscription.events("0", HEARTBEAT))
+
+    async def test_the_listener_resumes_after_its_connection_is_killed(brokers: Brokers) -> None:
+        # A long retry delay, so the next appends land while the listener is away.
+        reader = await brokers.redis(retry_delay=0.5)
+        writer = await brokers.redis()
+        admin = brokers.client()
+        async with watching(reader, None) as stream:
+            await writer.append([envelope(0)])
+            assert numbers(await take(stream, 1)) == [0]
+
+            killed = await _listener_id(admin, f"{brokers.prefix}:listener:0")
+            assert await admin.client_kill_filter(_id=killed) == 1
+            for n in range(1, 10, 3):
+                await writer.append([envelope(n), envelope(n + 1), envelope(n + 2)])
+            got = await take(stream, 9)
+            await writer.append([envelope(10)])
+            got += await take(stream, 1)
+
+        assert numbers(got) == list(range(1, 11))
+        assert await _listener_id(admin, f"{brokers.prefix}:listener:0") != killed
+
+    async def test_a_listener_away_longer_than_the_log_lags_its_subscribers(brokers: Brokers) -> None:
+        reader = await brokers.redis(retry_delay=0.5, maxlen=5)
+        writer = await brokers.redis(maxlen=5)
+        admin = brokers.client()
+        async with watching(reader, frozenset({"a1"})) as stream:
+            await writer.append([envelope(0)])
+            assert numbers(await take(stream, 1)) == [0]
+
+            killed = await _listener_id(admin, f"{brokers.prefix}:listener:0")
+            assert await admin.client_kill_filter(_id=killed) == 1
+            # While the listener is away, the log is trimmed past where it stopped.
+            await writer.append([envelope(n) for n in range(1, 20)])
+            with pytest.raises(SubscriberLagged):
+                await take(stream, 1)
+
+        # A subscriber that starts afresh is served again.
+        async with watching(reader, frozenset({"a1"})) as stream:
+            await writer.append([envelope(20)])
+            assert numbers(await take(stream, 1)) == [20]
+
+    async def _listener_id(admin: Redis, name: str) -> str:
+        """The Redis client id of the listener connection called `name`, once it is connected."""
+        async with asyncio.timeout(WAIT):
+            while True:
+                for client in await admin.client_list():
+                    if client.get("name") == name:
+                        return str(client["id"])
+                await asyncio.sleep(0.01)
