@@ -225,14 +225,21 @@ async def _caller_key() -> str:
     principal = cast(identity.Principal, current_user._get_current_object())  # type: ignore[attr-defined]
     try:
         caller = await principal.identity()
+        agent = await principal.agent() if caller is None else None
     except Exception:
         # In practice the database or cache is down, and the request ends in that error's 503. Remember
         # a key first, so the limiter's after-request call neither waits on the dead dependency again
         # nor raises, which would turn the 503 into a bare 500.
         g.rate_limit_caller = f"ip:{client_address()}"
         raise
-    # The key names its kind, so a user id and an address can never share a counter.
-    key = f"user:{caller.user_id}" if caller is not None else f"ip:{client_address()}"
+    # The key names its kind, so a user id and an address can never share a counter. Agents count by
+    # their own id: a fleet behind one NAT address must not share one allowance.
+    if caller is not None:
+        key = f"user:{caller.user_id}"
+    elif agent is not None:
+        key = f"agent:{agent.agent_id}"
+    else:
+        key = f"ip:{client_address()}"
     g.rate_limit_caller = key
     return key
 

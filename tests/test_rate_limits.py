@@ -24,8 +24,9 @@ from service import create_app, rate_limits, tokens
 from service.application import Switchboard
 from service.config import Settings
 
-from .accounts import PASSWORD, bearer, login, register
+from .accounts import PASSWORD, admin_headers, bearer, login, register
 from .conftest import make_settings
+from .fleet import beat, make_agent
 
 # Small enough to reach in a few requests; the default stays above the others so it is never the
 # limit a login or registration test runs into.
@@ -134,6 +135,20 @@ async def test_default_limit_is_per_user(client: QuartClient) -> None:
     allowed = await client.get("/auth/me", headers=ben)
     assert allowed.status_code == 200
     assert allowed.headers["RateLimit-Remaining"] == "5"
+
+
+async def test_agents_are_limited_per_agent_not_per_address(app: Switchboard, client: QuartClient) -> None:
+    admin = await admin_headers(app, client)
+    first, first_token = await make_agent(client, admin, "a1")
+    second, second_token = await make_agent(client, admin, "a2")
+    for _ in range(6):
+        await beat(client, first, first_token)
+    refused = await client.post(
+        f"/api/v1/agents/{first}/heartbeat", json={"status": "online"}, headers=first_token
+    )
+    await assert_rate_limited(refused)
+    # Same address, another agent: a bucket of its own (a fleet behind one NAT is not one client).
+    await beat(client, second, second_token)
 
 
 async def test_default_limit_is_per_address_when_anonymous(client: QuartClient) -> None:

@@ -15,12 +15,13 @@ from redis.asyncio import Redis
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import background, db, log, metrics, request_ids
+from service import background, config, db, log, metrics, request_ids
 from service.config import Settings
 from service.events.broker import Broker, Envelope
 from service.events.memory_broker import MemoryBroker
 from service.events.redis_broker import RedisBroker
 from service.models.events import OutboxEvent
+from service.services import notifications
 
 logger = log.get(__name__)
 
@@ -31,20 +32,20 @@ RELAY_LOOP = "relay"
 # token ended, so the streams it opened must close on every instance.
 CONTROL_TOPIC = "_control"
 SESSION_ENDED = "_session.ended"
+# Events that also go out as notifications (NOTIFY_CHANNELS): work given to an agent, an agent lost.
+NOTIFIED = frozenset({"assignment.assigned", "agent.offline"})
 TOKEN_REVOKED = "_token.revoked"  # noqa: S105 - an event type, not a password
 
 
 def record(session: AsyncSession, type_: str, data: dict[str, Any], topic: object | None = None) -> None:
     """Add an event to the caller's transaction: it is published if, and only if, the change commits."""
-    session.add(
-        OutboxEvent(
-            type=type_,
-            topic=str(topic) if topic is not None else None,
-            data={"time": datetime.now(UTC).isoformat(), "data": data, "request_id": request_ids.current()},
-            request_id=request_ids.current(),
-        )
-    )
+    event = {"time": datetime.now(UTC).isoformat(), "data": data, "request_id": request_ids.current()}
+    topic_text = str(topic) if topic is not None else None
+    session.add(OutboxEvent(type=type_, topic=topic_text, data=event, request_id=request_ids.current()))
     db.after_commit(session, _wake_relay)
+    if type_ in NOTIFIED and has_app_context():
+        # Queued in the same transaction as the change: people hear of it even while Redis is down.
+        notifications.enqueue(session, config.current(), type_, {"type": type_, **event})
 
 
 async def _wake_relay() -> None:

@@ -13,6 +13,7 @@ from service import db
 from service.application import Switchboard
 from service.config import Settings
 from service.models.events import OutboxEvent
+from service.models.notifications import Notification
 from service.services import sweeper
 
 from ..accounts import signed_in
@@ -20,8 +21,12 @@ from ..fleet import beat, make_agent, make_work, online_agent
 
 
 async def _sweep(app: Switchboard, after: timedelta) -> None:
+    """One round as the background loop runs it: inside the app's context (loops start in it)."""
     settings: Settings = app.config["SETTINGS"]
-    await sweeper.sweep(app.extensions["db"], app.extensions["presence"], settings, datetime.now(UTC) + after)
+    async with app.app_context():
+        await sweeper.sweep(
+            app.extensions["db"], app.extensions["presence"], settings, datetime.now(UTC) + after
+        )
 
 
 async def _event_types(app: Switchboard) -> list[str]:
@@ -108,3 +113,18 @@ async def test_one_sweeper_at_a_time(client: QuartClient, app: Switchboard) -> N
     # Several sweeps at once mark the agent offline once.
     await asyncio.gather(*(_sweep(app, timedelta(seconds=60)) for _ in range(4)))
     assert (await _event_types(app)).count("agent.offline") == 1
+
+
+async def test_assigned_work_and_lost_agents_are_notified(client: QuartClient, app: Switchboard) -> None:
+    """Both notifications are queued in the transaction of the change (the default channel is `log`)."""
+    operator = await signed_in(client, "opal", "operator", app)
+    agent_id, _ = await online_agent(client, operator, "a1")
+    await make_work(client, operator)
+    await _sweep(app, timedelta(seconds=60))
+    database: db.Database = app.extensions["db"]
+    async with database.sessionmaker() as session:
+        queued = (
+            (await session.execute(select(Notification).order_by(Notification.created_at))).scalars().all()
+        )
+    assert [(n.channel, n.kind) for n in queued] == [("log", "assignment.assigned"), ("log", "agent.offline")]
+    assert queued[1].payload["data"]["agent"]["id"] == agent_id
