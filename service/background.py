@@ -26,6 +26,8 @@ class Loop:
     name: str
     round: Round
     interval: float
+    # The longest wait between failing rounds (a dependency is down).
+    max_backoff: float = 30.0
     # Set to run the next round now rather than after the interval (e.g. an event was just written).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -48,8 +50,10 @@ class Loop:
             if busy:
                 await asyncio.sleep(0)
                 continue
-            # Back off while failing (a dependency is down), up to 30 s; otherwise the interval.
-            delay = min(30.0, self.interval * 2 ** min(failures, 5)) if failures else self.interval
+            # Back off while failing (a dependency is down), up to max_backoff; otherwise the interval.
+            delay = (
+                min(self.max_backoff, self.interval * 2 ** min(failures, 5)) if failures else self.interval
+            )
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), delay)
@@ -61,8 +65,8 @@ class Loops:
     def __init__(self) -> None:
         self._loops: dict[str, Loop] = {}
 
-    def add(self, name: str, round_: Round, interval: float) -> None:
-        self._loops[name] = Loop(name, round_, interval)
+    def add(self, name: str, round_: Round, interval: float, max_backoff: float = 30.0) -> None:
+        self._loops[name] = Loop(name, round_, interval, max_backoff)
 
     def wake(self, name: str) -> None:
         loop = self._loops.get(name)

@@ -10,6 +10,11 @@ import time
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service import log
+
+logger = log.get(__name__)
 
 PREFIX = "sb:"
 
@@ -49,18 +54,50 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Shared by every worker and instance, so an invalidation is seen everywhere at once."""
+    """Shared by every worker and instance, so an invalidation is seen everywhere at once.
+
+    Redis down: reads miss (the database answers), writes are skipped, and deletions that failed are
+    kept and retried before the next command that reaches Redis, so an invalidation is late, never lost.
+    """
 
     def __init__(self, client: Redis) -> None:
         self._client = client
+        self._undeleted: set[str] = set()
 
     async def get_many(self, keys: list[str]) -> list[str | None]:
-        values = await self._client.mget([PREFIX + key for key in keys])
+        try:
+            await self._retry_deletes()
+            values = await self._client.mget([PREFIX + key for key in keys])
+        except _FAILURES as error:
+            _warn(error)
+            return [None] * len(keys)
         return [value.decode() if isinstance(value, bytes) else value for value in values]
 
     async def set(self, key: str, value: str, ttl_seconds: int) -> None:
-        await self._client.set(PREFIX + key, value, ex=ttl_seconds)
+        try:
+            await self._retry_deletes()
+            await self._client.set(PREFIX + key, value, ex=ttl_seconds)
+        except _FAILURES as error:
+            _warn(error)
 
     async def delete(self, *keys: str) -> None:
-        if keys:
-            await self._client.delete(*(PREFIX + key for key in keys))
+        self._undeleted.update(PREFIX + key for key in keys)
+        try:
+            await self._retry_deletes()
+        except _FAILURES as error:
+            _warn(error)
+
+    async def _retry_deletes(self) -> None:
+        if self._undeleted:
+            pending = list(self._undeleted)
+            await self._client.delete(*pending)
+            self._undeleted.difference_update(pending)
+
+
+_FAILURES = (RedisError, OSError)
+
+
+def _warn(error: BaseException) -> None:
+    logger.warning(
+        "cache_unavailable", detail="Redis failed; the database answers", error=type(error).__name__
+    )

@@ -15,6 +15,11 @@ from typing import Protocol
 
 from quart import Quart, current_app
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service import log
+
+logger = log.get(__name__)
 
 KEY = "sb:presence"
 
@@ -64,7 +69,12 @@ class RedisPresence:
         self._redis = redis
 
     async def record(self, agent_id: uuid.UUID, beat: Beat) -> None:
-        await self._redis.hset(KEY, str(agent_id), _encode(beat))
+        # Redis down: the beat is not noted, but the agent's answer still comes. The sweeper cannot read
+        # presence either meanwhile, so nobody is marked offline for Redis's silence.
+        try:
+            await self._redis.hset(KEY, str(agent_id), _encode(beat))
+        except (RedisError, OSError) as error:
+            logger.warning("presence_unavailable", error=type(error).__name__)
 
     async def last(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Beat]:
         ids = list(agent_ids)
@@ -75,6 +85,16 @@ class RedisPresence:
 
     async def forget(self, agent_id: uuid.UUID) -> None:
         await self._redis.hdel(KEY, str(agent_id))
+
+
+async def for_display(store: Presence, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Beat]:
+    """The last beats to show in the API; nothing when the store is down (the sweeper, which must not
+    mistake Redis's silence for the agents', reads `last` and fails instead)."""
+    try:
+        return await store.last(agent_ids)
+    except (RedisError, OSError) as error:
+        logger.warning("presence_unavailable", error=type(error).__name__)
+        return {}
 
 
 def init_app(app: Quart) -> None:

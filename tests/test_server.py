@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -73,6 +74,9 @@ def _serve(tmp_path: Path, database_url: str, workers: int, **env: str) -> Itera
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         text=True,
+        # Its own process group: the workers (and their relay and sweeper loops) go down with it, rather
+        # than living on against the test database and Redis.
+        start_new_session=True,
     )
     server = Server(process, port, log)
     deadline = time.monotonic() + 30
@@ -83,14 +87,18 @@ def _serve(tmp_path: Path, database_url: str, workers: int, **env: str) -> Itera
         except httpx.HTTPError:
             time.sleep(0.2)
     else:
-        process.kill()
+        _stop(process)
         pytest.fail(f"server did not start:\n{server.output()}")
     try:
         yield server
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
 
 
 @pytest.fixture

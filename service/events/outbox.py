@@ -118,4 +118,5 @@ def init_app(app: Quart, settings: Settings) -> None:
     async def round_() -> bool:
         return await relay(app.extensions["db"], app.extensions["broker"])
 
-    background.loops_of(app).add(RELAY_LOOP, round_, settings.relay_interval)
+    # A short backoff cap: once Redis is back, waiting events go out within seconds.
+    background.loops_of(app).add(RELAY_LOOP, round_, settings.relay_interval, max_backoff=5.0)
