@@ -10,9 +10,8 @@ import time
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from service import log
+from service import log, redis_client
 
 logger = log.get(__name__)
 
@@ -68,7 +67,7 @@ class RedisCache:
         try:
             await self._retry_deletes()
             values = await self._client.mget([PREFIX + key for key in keys])
-        except _FAILURES as error:
+        except redis_client.FAILURES as error:
             _warn(error)
             return [None] * len(keys)
         return [value.decode() if isinstance(value, bytes) else value for value in values]
@@ -77,14 +76,14 @@ class RedisCache:
         try:
             await self._retry_deletes()
             await self._client.set(PREFIX + key, value, ex=ttl_seconds)
-        except _FAILURES as error:
+        except redis_client.FAILURES as error:
             _warn(error)
 
     async def delete(self, *keys: str) -> None:
         self._undeleted.update(PREFIX + key for key in keys)
         try:
             await self._retry_deletes()
-        except _FAILURES as error:
+        except redis_client.FAILURES as error:
             _warn(error)
 
     async def _retry_deletes(self) -> None:
@@ -92,9 +91,6 @@ class RedisCache:
             pending = list(self._undeleted)
             await self._client.delete(*pending)
             self._undeleted.difference_update(pending)
-
-
-_FAILURES = (RedisError, OSError)
 
 
 def _warn(error: BaseException) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from quart import Quart, current_app, g
-from sqlalchemy import event, text
+from sqlalchemy import ColumnElement, event, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -96,11 +96,48 @@ def session() -> AsyncSession:
 
 
 AfterCommit = Callable[[], Awaitable[None]]
+M = TypeVar("M")
+
+
+async def conditional_update(
+    session: AsyncSession, model: type[M], *conditions: ColumnElement[bool], **values: Any
+) -> Sequence[M]:
+    """`UPDATE model SET values WHERE conditions RETURNING` the rows it changed, with the session's copies
+    refreshed: the rows a concurrent transaction changed first do not match, so the result says what
+    this transaction won."""
+    result = await session.execute(
+        update(model)
+        .where(*conditions)
+        .values(**values)
+        .returning(model)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    return result.scalars().all()
+
+
+def is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def lead(session: AsyncSession, key: int) -> bool:
+    """Whether this transaction may act as the one leader for `key` across every process and instance.
+
+    On PostgreSQL a transaction-scoped advisory lock (released at commit or rollback); the embedded mode
+    is one process, so it always leads.
+    """
+    if not is_postgres(session):
+        return True
+    return bool(await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}))
 
 
 def after_commit(session: AsyncSession, action: AfterCommit) -> None:
-    """Run `action` once `session` commits (cache invalidation that must not precede the commit)."""
-    session.info.setdefault("after_commit", []).append(action)
+    """Run `action` once `session` commits (cache invalidation that must not precede the commit).
+
+    The same action registered twice runs once: a transaction writing many events wakes the relay once.
+    """
+    waiting = session.info.setdefault("after_commit", [])
+    if action not in waiting:
+        waiting.append(action)
 
 
 async def commit(session: AsyncSession) -> None:

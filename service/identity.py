@@ -252,13 +252,18 @@ def forget_user(session: Any, user_id: uuid.UUID) -> None:
     db.after_commit(session, lambda: cache.delete(user_key(user_id)))
 
 
+def current_principal() -> Principal:
+    """quart-auth's user for this request, with its lazily resolved identity."""
+    return cast(Principal, current_user._get_current_object())  # type: ignore[attr-defined]
+
+
 async def current() -> Identity:
     """The caller's identity.
 
     Raises:
         Unauthorized: no valid, live credentials.
     """
-    principal = cast(Principal, current_user._get_current_object())  # type: ignore[attr-defined]
+    principal = current_principal()
     found = await principal.identity()
     if found is None:
         raise errors.Unauthorized()
@@ -272,7 +277,7 @@ async def current_agent() -> AgentIdentity:
     Raises:
         Unauthorized: no valid agent token.
     """
-    principal = cast(Principal, current_user._get_current_object())  # type: ignore[attr-defined]
+    principal = current_principal()
     found = await principal.agent()
     if found is None:
         raise errors.Unauthorized()
@@ -286,7 +291,7 @@ async def current_actor(permission: str) -> Identity | AgentIdentity:
         Unauthorized: neither valid user credentials nor an agent token.
         Forbidden: a user without `permission`.
     """
-    principal = cast(Principal, current_user._get_current_object())  # type: ignore[attr-defined]
+    principal = current_principal()
     agent = await principal.agent()
     if agent is not None:
         return agent

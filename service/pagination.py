@@ -1,12 +1,13 @@
-"""One page of a query, and the total it was cut from."""
+"""List queries: one page of a query and the total it was cut from, the sort keys clients name, and
+the "contains" text filter."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 T = TypeVar("T")
@@ -19,6 +20,18 @@ class PageQuery(BaseModel):
 
     page: int = Field(default=1, ge=1, le=100_000)
     per_page: int = Field(default=20, ge=1, le=100)
+
+
+def contains(column: SQLColumnExpression[str], text: str) -> ColumnElement[bool]:
+    """`column` holds `text`, ignoring case, with `%` and `_` in `text` taken literally."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return func.lower(column).like(f"%{escaped}%", escape="\\")
+
+
+def sort_order(columns: Mapping[str, ColumnElement[Any]], sort: str) -> ColumnElement[Any]:
+    """The ORDER BY term for a sort key such as `name` or `-created_at` (descending)."""
+    column = columns[sort.removeprefix("-")]
+    return column.desc() if sort.startswith("-") else column.asc()
 
 
 async def fetch_page(

@@ -15,9 +15,8 @@ from typing import Protocol
 
 from quart import Quart, current_app
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from service import log
+from service import log, redis_client
 
 logger = log.get(__name__)
 
@@ -73,7 +72,7 @@ class RedisPresence:
         # presence either meanwhile, so nobody is marked offline for Redis's silence.
         try:
             await self._redis.hset(KEY, str(agent_id), _encode(beat))
-        except (RedisError, OSError) as error:
+        except redis_client.FAILURES as error:
             logger.warning("presence_unavailable", error=type(error).__name__)
 
     async def last(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Beat]:
@@ -92,7 +91,7 @@ async def for_display(store: Presence, agent_ids: Iterable[uuid.UUID]) -> dict[u
     mistake Redis's silence for the agents', reads `last` and fails instead)."""
     try:
         return await store.last(agent_ids)
-    except (RedisError, OSError) as error:
+    except redis_client.FAILURES as error:
         logger.warning("presence_unavailable", error=type(error).__name__)
         return {}
 

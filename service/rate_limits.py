@@ -14,19 +14,17 @@ import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from flask.sansio.blueprints import Blueprint as SansioBlueprint
 from hypercorn.middleware import ProxyFixMiddleware
 from quart import Quart, g, request
-from quart_auth import current_user
 from quart_rate_limiter import KeyCallable, RateLimit, RateLimiter
 from quart_rate_limiter.store import RateLimiterStoreABC
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from service import identity, log
+from service import identity, log, redis_client
 from service.config import Settings, parse_rate
 
 logger = log.get(__name__)
@@ -43,7 +41,6 @@ EXEMPT_BLUEPRINTS = frozenset({"health", "docs"})
 EXEMPT_ENDPOINTS = frozenset({"openapi", "static"})
 
 _NAMED_LIMITS_ATTRIBUTE = "_switchboard_rate_limits"
-_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 # The memory store sweeps when it has doubled since the last sweep, never below this many entries.
 _MIN_SWEEP = 10_000
 
@@ -126,7 +123,7 @@ class Store(RateLimiterStoreABC):
         if client is not None:
             try:
                 value = await client.get(KEY_PREFIX + key)
-            except _REDIS_FAILURES as error:
+            except redis_client.FAILURES as error:
                 self._failed(error)
             else:
                 self._answered()
@@ -140,7 +137,7 @@ class Store(RateLimiterStoreABC):
             ttl_ms = max(1, math.ceil((tat - datetime.now(UTC)).total_seconds() * 1000))
             try:
                 await client.set(KEY_PREFIX + key, tat.timestamp(), px=ttl_ms)
-            except _REDIS_FAILURES as error:
+            except redis_client.FAILURES as error:
                 self._failed(error)
             else:
                 self._answered()
@@ -222,7 +219,7 @@ async def _caller_key() -> str:
     key: str | None = g.get("rate_limit_caller")
     if key is not None:
         return key
-    principal = cast(identity.Principal, current_user._get_current_object())  # type: ignore[attr-defined]
+    principal = identity.current_principal()
     try:
         caller = await principal.identity()
         agent = await principal.agent() if caller is None else None

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from quart import Quart
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service import log
 from service.config import Settings
 
 logger = log.get(__name__)
+
+# What a dead, frozen or refusing Redis raises (builtin TimeoutError is an OSError): callers that can
+# carry on without Redis catch exactly these.
+FAILURES = (RedisError, OSError)
 
 
 def open_client(settings: Settings) -> Redis:

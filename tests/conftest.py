@@ -12,6 +12,7 @@ import pytest
 from alembic.config import Config
 from quart.testing import QuartClient
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alembic import command
 from service import create_app
@@ -92,14 +93,18 @@ async def make_app(database_url: str) -> AsyncIterator[AppMaker]:
             await empty_tables(built[0])
 
 
-async def empty_tables(application: Switchboard) -> None:
-    """Each test starts from empty tables (but the seeded ones); the schema itself stays migrated."""
-    database = application.extensions["db"]
-    async with database.engine.begin() as connection:
+async def empty_database(engine: AsyncEngine) -> None:
+    """Empty every table but the seeded ones; the schema itself stays migrated."""
+    async with engine.begin() as connection:
         for table in reversed(metadata.sorted_tables):
             if table.name in SEEDED_TABLES:
                 continue
             await connection.execute(text(f'DELETE FROM "{table.name}"'))  # noqa: S608 - our own table names
+
+
+async def empty_tables(application: Switchboard) -> None:
+    """Each test starts from empty tables (but the seeded ones) and an empty Redis database."""
+    await empty_database(application.extensions["db"].engine)
     redis = application.extensions.get("redis")
     if redis is not None:
         await redis.flushdb()

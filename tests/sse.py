@@ -22,6 +22,23 @@ class Frame:
     retry: int | None = None
 
 
+def parse_frame(lines: list[str]) -> Frame:
+    """One SSE message, from its lines (the blank line that ends it excluded)."""
+    frame = Frame()
+    for line in lines:
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "":
+            frame.comment = value
+        elif name == "data":
+            frame.data = json.loads(value)
+        elif name == "retry":
+            frame.retry = int(value)
+        elif name in ("id", "event"):
+            setattr(frame, name, value)
+    return frame
+
+
 @dataclass
 class Stream:
     connection: TestHTTPConnection
@@ -33,18 +50,7 @@ class Stream:
         while b"\n\n" not in self.buffer:
             self.buffer += await asyncio.wait_for(self.connection.receive(), timeout)
         raw, self.buffer = self.buffer.split(b"\n\n", 1)
-        frame = Frame()
-        for line in raw.decode().splitlines():
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "":
-                frame.comment = value
-            elif name == "data":
-                frame.data = json.loads(value)
-            elif name == "retry":
-                frame.retry = int(value)
-            else:
-                setattr(frame, name, value)
+        frame = parse_frame(raw.decode().splitlines())
         self.frames.append(frame)
         return frame
 

@@ -8,16 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from service import create_app, db
 from service.config import Settings
-from service.models.registry import metadata
 from service.models.users import User
 from service.services import accounts
 
 from .accounts import PASSWORD
-from .conftest import SEEDED_TABLES, make_settings
+from .conftest import empty_database, make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,10 +53,7 @@ def _forget_users(settings: Settings) -> None:
     async def forget() -> None:
         database = db.open_database(settings)
         try:
-            async with database.engine.begin() as connection:
-                for table in reversed(metadata.sorted_tables):
-                    if table.name not in SEEDED_TABLES:
-                        await connection.execute(delete(table))
+            await empty_database(database.engine)
         finally:
             await database.close()
 

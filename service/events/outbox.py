@@ -12,7 +12,7 @@ from typing import Any
 
 from quart import Quart, current_app, has_app_context
 from redis.asyncio import Redis
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import background, config, db, log, metrics, request_ids
@@ -62,11 +62,8 @@ async def relay(database: db.Database, broker: Broker, batch: int = 500) -> bool
         BrokerUnavailable: Redis is down; the rows stay unpublished and the next round retries them.
     """
     async with database.sessionmaker() as session, session.begin():
-        if session.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
-            # One relay at a time across processes and instances, for the whole transaction.
-            locked = await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK})
-            if not locked:
-                return False
+        if not await db.lead(session, RELAY_LOCK):
+            return False
         rows = (
             (
                 await session.execute(

@@ -18,9 +18,8 @@ from datetime import UTC, datetime
 
 from quart import Quart
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from service import log, metrics
+from service import log, metrics, redis_client
 from service.config import Settings
 from service.events import outbox
 from service.events.broker import (
@@ -86,7 +85,7 @@ class Streams:
             if held > self._per_user:
                 await self._redis.zrem(key, stream_id)
                 return False
-        except (RedisError, OSError) as error:
+        except redis_client.FAILURES as error:
             # The cap protects memory; without Redis it cannot be counted across instances, so this
             # process lets the stream open rather than refuse everyone.
             logger.warning("stream_cap_unavailable", error=type(error).__name__)
@@ -95,7 +94,7 @@ class Streams:
     async def keep(self, viewer: Viewer, stream_id: str) -> None:
         if self._redis is not None:
             # On failure the slot lapses by itself; counting resumes with Redis.
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*redis_client.FAILURES):
                 await self._redis.zadd(f"sb:streams:{viewer.user_id}", {stream_id: time.time() + _SLOT_TTL})
 
     async def release(self, viewer: Viewer, stream_id: str) -> None:
@@ -104,7 +103,7 @@ class Streams:
         if self._redis is None:
             self._local.get(viewer.user_id, set()).discard(stream_id)
             return
-        with contextlib.suppress(RedisError, OSError):  # else it lapses after _SLOT_TTL
+        with contextlib.suppress(*redis_client.FAILURES):  # else it lapses after _SLOT_TTL
             await self._redis.zrem(f"sb:streams:{viewer.user_id}", stream_id)
 
     def track(self, stream_id: str, viewer: Viewer, subscription: Subscription) -> None:

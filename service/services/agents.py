@@ -68,7 +68,8 @@ def view(agent: Agent, beat: presence.Beat | None) -> AgentOut:
     )
 
 
-def _event(session: AsyncSession, type_: str, agent: Agent, **extra: Any) -> None:
+def record_event(session: AsyncSession, type_: str, agent: Agent, **extra: Any) -> None:
+    """An event about the agent (its API view in `data.agent`), in the caller's transaction."""
     outbox.record(session, type_, {"agent": view(agent, None).model_dump(mode="json"), **extra}, agent.id)
 
 
@@ -100,7 +101,7 @@ async def _new_agent(
     )
     session.add(agent)
     await session.flush()
-    _event(session, "agent.registered", agent)
+    record_event(session, "agent.registered", agent)
     return agent, secret
 
 
@@ -129,10 +130,8 @@ async def list_agents(session: AsyncSession, query: AgentQuery) -> tuple[Sequenc
     if query.capability:
         statement = statement.where(assignments.agent_has_all(session, [query.capability]))
     if query.q:
-        escaped = query.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        statement = statement.where(func.lower(Agent.name).like(f"%{escaped}%", escape="\\"))
-    column = _SORT_COLUMNS[query.sort.removeprefix("-")]
-    statement = statement.order_by(column.desc() if query.sort.startswith("-") else column.asc(), Agent.id)
+        statement = statement.where(pagination.contains(Agent.name, query.q))
+    statement = statement.order_by(pagination.sort_order(_SORT_COLUMNS, query.sort), Agent.id)
     return await pagination.fetch_page(session, statement, query.page, query.per_page)
 
 
@@ -165,9 +164,9 @@ async def update_agent(session: AsyncSession, agent_id: uuid.UUID, changes: dict
             agent.resume_at = changes["resume_at"]
     agent.updated_at = datetime.now(UTC)
     await session.flush()
-    _event(session, "agent.updated", agent)
+    record_event(session, "agent.updated", agent)
     if agent.status != before:
-        _event(session, "agent.status_changed", agent, **{"from": before, "to": agent.status})
+        record_event(session, "agent.status_changed", agent, **{"from": before, "to": agent.status})
     await assignments.dispatch_to(session, agent.id)
     await session.refresh(agent)
     return agent
@@ -184,7 +183,7 @@ async def delete_agent(
     agent.soft_delete()
     identity.forget_agent_token(session, agent.token_hash)
     requeued = await assignments.requeue_held(session, agent.id)
-    _event(session, "agent.deleted", agent, requeued=[str(i) for i in requeued])
+    record_event(session, "agent.deleted", agent, requeued=[str(i) for i in requeued])
     await presence_store.forget(agent.id)
     return requeued
 
@@ -292,13 +291,13 @@ async def record_heartbeat(
     changed = agent.reported_status != beat.status
     if beat.metadata is not None and beat.metadata != agent.metadata_:
         agent.metadata_ = beat.metadata
-        _event(session, "agent.updated", agent)
+        record_event(session, "agent.updated", agent)
     if changed:
         before = agent.status
         agent.reported_status = beat.status
         agent.status_changed_at = now
         agent.last_heartbeat_at = now
-        _event(session, "agent.status_changed", agent, **{"from": before, "to": agent.status})
+        record_event(session, "agent.status_changed", agent, **{"from": before, "to": agent.status})
         await session.flush()
         await assignments.dispatch_to(session, agent.id)
     return agent, await open_work(session, agent.id)

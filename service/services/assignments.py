@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, Select, and_, cast, exists, func, literal,
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import errors, pagination
+from service import db, errors, pagination
 from service.events import outbox
 from service.identity import AgentIdentity, Identity
 from service.models import agents as agent_states
@@ -36,6 +36,14 @@ from service.schemas.assignments import AssignmentIn, AssignmentOut, AssignmentQ
 # conditional UPDATE; losing several races in a row means the fleet is saturated).
 _CANDIDATES = 5
 
+# Work no agent holds: what a reassignment or an ended lease leaves.
+_UNHELD: dict[str, Any] = {
+    "status": states.PENDING,
+    "agent_id": None,
+    "assigned_at": None,
+    "started_at": None,
+}
+
 # action → (states it may start from, the state it leads to)
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "accept": ((states.ASSIGNED,), states.ACCEPTED),
@@ -46,15 +54,11 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def _is_postgres(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 def agent_has_all(session: AsyncSession, required: Sequence[str]) -> ColumnElement[bool]:
     """SQL: the agent's capabilities include every one of `required`."""
     if not required:
         return true()
-    if _is_postgres(session):
+    if db.is_postgres(session):
         return Agent.capabilities.op("@>")(cast(literal(json.dumps(list(required))), JSONB))
     checks = []
     for capability in required:
@@ -65,7 +69,7 @@ def agent_has_all(session: AsyncSession, required: Sequence[str]) -> ColumnEleme
 
 def work_fits(session: AsyncSession, capabilities: Sequence[str]) -> ColumnElement[bool]:
     """SQL: the assignment requires nothing outside `capabilities`."""
-    if _is_postgres(session):
+    if db.is_postgres(session):
         return Assignment.required_capabilities.op("<@")(cast(literal(json.dumps(list(capabilities))), JSONB))
     each = func.json_each(Assignment.required_capabilities).table_valued("value").alias()
     return not_(exists(select(literal(1)).select_from(each).where(each.c.value.not_in(list(capabilities)))))
@@ -230,14 +234,10 @@ async def transition(
         values["finished_at"] = now
     previous = assignment.status
     held_by = assignment.agent_id if assignment.status in states.HELD else None
-    moved = await session.execute(
-        update(Assignment)
-        .where(Assignment.id == assignment.id, Assignment.status.in_(sources))
-        .values(**values)
-        .returning(Assignment)
-        .execution_options(synchronize_session=False, populate_existing=True)
+    moved = await db.conditional_update(
+        session, Assignment, Assignment.id == assignment.id, Assignment.status.in_(sources), **values
     )
-    if moved.scalar_one_or_none() is None:
+    if not moved:
         await session.refresh(assignment)
         raise errors.Conflict(
             f"Cannot {action} an assignment that is {assignment.status}.",
@@ -270,14 +270,10 @@ async def reassign(
             f"Cannot reassign an assignment that is {assignment.status}.", {"status": assignment.status}
         )
     previous_agent = assignment.agent_id if assignment.status in states.HELD else None
-    taken = await session.execute(
-        update(Assignment)
-        .where(Assignment.id == assignment.id, Assignment.status == assignment.status)
-        .values(status=states.PENDING, agent_id=None, assigned_at=None, started_at=None)
-        .returning(Assignment)
-        .execution_options(synchronize_session=False, populate_existing=True)
+    taken = await db.conditional_update(
+        session, Assignment, Assignment.id == assignment.id, Assignment.status == assignment.status, **_UNHELD
     )
-    if taken.scalar_one_or_none() is None:
+    if not taken:
         raise errors.Conflict("The assignment changed meanwhile; try again.")
     if previous_agent is not None:
         await release_capacity(session, previous_agent)
@@ -326,20 +322,17 @@ async def dispatch_to(session: AsyncSession, agent_id: uuid.UUID) -> list[Assign
     for assignment_id in pending:
         if not await _claim_capacity(session, agent.id, auto=True):
             break
-        claimed = (
-            await session.execute(
-                update(Assignment)
-                .where(Assignment.id == assignment_id, Assignment.status == states.PENDING)
-                .values(
-                    status=states.ASSIGNED,
-                    agent_id=agent.id,
-                    assigned_at=datetime.now(UTC),
-                    attempts=Assignment.attempts + 1,
-                )
-                .returning(Assignment)
-                .execution_options(synchronize_session=False, populate_existing=True)
-            )
-        ).scalar_one_or_none()
+        won = await db.conditional_update(
+            session,
+            Assignment,
+            Assignment.id == assignment_id,
+            Assignment.status == states.PENDING,
+            status=states.ASSIGNED,
+            agent_id=agent.id,
+            assigned_at=datetime.now(UTC),
+            attempts=Assignment.attempts + 1,
+        )
+        claimed = won[0] if won else None
         if claimed is None:  # another transaction handed it out first: give the slot back
             await release_capacity(session, agent.id)
             continue
@@ -351,18 +344,8 @@ async def dispatch_to(session: AsyncSession, agent_id: uuid.UUID) -> list[Assign
 async def requeue_held(session: AsyncSession, agent_id: uuid.UUID) -> list[uuid.UUID]:
     """Put the work an agent holds back to pending (it went offline or was deleted: its lease ended),
     then hand it to other agents. Returns the requeued ids."""
-    held = (
-        (
-            await session.execute(
-                update(Assignment)
-                .where(Assignment.agent_id == agent_id, Assignment.status.in_(states.HELD))
-                .values(status=states.PENDING, agent_id=None, assigned_at=None, started_at=None)
-                .returning(Assignment)
-                .execution_options(synchronize_session=False, populate_existing=True)
-            )
-        )
-        .scalars()
-        .all()
+    held = await db.conditional_update(
+        session, Assignment, Assignment.agent_id == agent_id, Assignment.status.in_(states.HELD), **_UNHELD
     )
     if not held:
         return []

@@ -12,12 +12,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from quart import Quart
-from sqlalchemy import select, text, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import background, db, log, presence
 from service.config import Settings
-from service.events import outbox
 from service.models import agents as states
 from service.models.agents import Agent
 from service.services import agents, assignments
@@ -36,11 +35,9 @@ async def sweep(
     because another instance is sweeping does nothing."""
     now = now or datetime.now(UTC)
     async with database.sessionmaker() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            locked = await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK})
-            if not locked:
-                await session.rollback()
-                return False
+        if not await db.lead(session, SWEEP_LOCK):
+            await session.rollback()
+            return False
         silent = await _silent_agents(
             session, presence_store, now - timedelta(seconds=settings.agent_heartbeat_timeout)
         )
@@ -80,71 +77,58 @@ async def _mark_offline(
     session: AsyncSession, agent_id: uuid.UUID, last_seen: datetime | None, was: str, now: datetime
 ) -> None:
     # Conditional: a beat that changed the status meanwhile wins over the sweeper.
-    agent = (
-        await session.execute(
-            update(Agent)
-            .where(Agent.id == agent_id, Agent.reported_status.in_(states.BEATING))
-            .values(reported_status=states.OFFLINE, status_changed_at=now, last_heartbeat_at=last_seen)
-            .returning(Agent)
-            .execution_options(synchronize_session=False, populate_existing=True)
-        )
-    ).scalar_one_or_none()
-    if agent is None:
+    won = await db.conditional_update(
+        session,
+        Agent,
+        Agent.id == agent_id,
+        Agent.reported_status.in_(states.BEATING),
+        reported_status=states.OFFLINE,
+        status_changed_at=now,
+        last_heartbeat_at=last_seen,
+    )
+    if not won:
         return
+    agent = won[0]
     requeued = await assignments.requeue_held(session, agent.id)
-    data = {"agent": agents.view(agent, None).model_dump(mode="json"), "requeued": [str(i) for i in requeued]}
-    outbox.record(session, "agent.status_changed", {**data, "from": was, "to": states.OFFLINE}, agent.id)
-    outbox.record(session, "agent.offline", data, agent.id)
+    requeued_ids = [str(i) for i in requeued]
+    agents.record_event(
+        session, "agent.status_changed", agent, requeued=requeued_ids, **{"from": was, "to": states.OFFLINE}
+    )
+    agents.record_event(session, "agent.offline", agent, requeued=requeued_ids)
 
 
 async def _mark_stale(session: AsyncSession, deadline: datetime, now: datetime) -> None:
-    stale = (
-        (
-            await session.execute(
-                update(Agent)
-                .where(
-                    Agent.reported_status == states.OFFLINE,
-                    Agent.status_changed_at < deadline,
-                    Agent.deleted_at.is_(None),
-                )
-                .values(reported_status=states.STALE, status_changed_at=now)
-                .returning(Agent)
-                .execution_options(synchronize_session=False, populate_existing=True)
-            )
-        )
-        .scalars()
-        .all()
+    stale = await db.conditional_update(
+        session,
+        Agent,
+        Agent.reported_status == states.OFFLINE,
+        Agent.status_changed_at < deadline,
+        Agent.deleted_at.is_(None),
+        reported_status=states.STALE,
+        status_changed_at=now,
     )
     for agent in stale:
-        data = {
-            "agent": agents.view(agent, None).model_dump(mode="json"),
-            "from": states.OFFLINE,
-            "to": states.STALE,
-        }
-        outbox.record(session, "agent.status_changed", data, agent.id)
+        agents.record_event(
+            session, "agent.status_changed", agent, **{"from": states.OFFLINE, "to": states.STALE}
+        )
 
 
 async def _resume_paused(session: AsyncSession, now: datetime) -> None:
-    resumed = (
-        (
-            await session.execute(
-                update(Agent)
-                .where(Agent.mode == states.PAUSED, Agent.resume_at <= now, Agent.deleted_at.is_(None))
-                .values(mode=states.ACTIVE, pause_note=None, resume_at=None, updated_at=now)
-                .returning(Agent)
-                .execution_options(synchronize_session=False, populate_existing=True)
-            )
-        )
-        .scalars()
-        .all()
+    resumed = await db.conditional_update(
+        session,
+        Agent,
+        Agent.mode == states.PAUSED,
+        Agent.resume_at <= now,
+        Agent.deleted_at.is_(None),
+        mode=states.ACTIVE,
+        pause_note=None,
+        resume_at=None,
+        updated_at=now,
     )
     for agent in resumed:
-        data = {
-            "agent": agents.view(agent, None).model_dump(mode="json"),
-            "from": states.PAUSED,
-            "to": agent.status,
-        }
-        outbox.record(session, "agent.status_changed", data, agent.id)
+        agents.record_event(
+            session, "agent.status_changed", agent, **{"from": states.PAUSED, "to": agent.status}
+        )
         await assignments.dispatch_to(session, agent.id)
 
 

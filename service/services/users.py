@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import errors, identity, mail, pagination, passwords
@@ -31,11 +31,6 @@ _SORT_COLUMNS: dict[str, Any] = {
 # Changing these on your own account proves you hold it first: a stolen access token is not enough.
 _NEEDS_CURRENT_PASSWORD = frozenset({"email", "password"})
 _ADMIN_ONLY_FIELDS = frozenset({"roles", "is_active"})
-
-
-def _like(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 def _audit(
@@ -78,20 +73,14 @@ async def list_users(session: AsyncSession, caller: Identity, query: UserQuery) 
     if not query.include_deleted:
         statement = statement.where(User.deleted_at.is_(None))
     if query.q:
-        pattern = _like(query.q)
         statement = statement.where(
-            or_(
-                func.lower(User.username).like(pattern, escape="\\"),
-                User.email.like(pattern, escape="\\"),
-            )
+            or_(pagination.contains(User.username, query.q), pagination.contains(User.email, query.q))
         )
     if query.role:
         statement = statement.where(User.roles.any(Role.name == query.role))
     if query.is_active is not None:
         statement = statement.where(User.is_active.is_(query.is_active))
-    column = _SORT_COLUMNS[query.sort.removeprefix("-")]
-    order: ColumnElement[Any] = column.desc() if query.sort.startswith("-") else column.asc()
-    statement = statement.order_by(order, User.id)
+    statement = statement.order_by(pagination.sort_order(_SORT_COLUMNS, query.sort), User.id)
     return await pagination.fetch_page(session, statement, query.page, query.per_page)
 
 

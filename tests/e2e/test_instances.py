@@ -29,10 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.config import Settings
 from service.events.broker import event_id_key
-from service.models.registry import metadata
 
 from ..accounts import PASSWORD
-from ..conftest import ROOT, SEEDED_TABLES
+from ..conftest import ROOT, empty_database
+from ..sse import Frame, parse_frame
 
 SECRET_KEY = "e2e-secret-key-shared-by-every-instance-0123456789"
 # Generous: a loaded machine must not turn a slow answer into a failure (no timing is asserted).
@@ -265,11 +265,7 @@ class Outbox:
             await asyncio.sleep(0.2)
 
     async def empty(self) -> None:
-        """What tests/conftest.py's empty_tables does: every table but the seeded ones."""
-        async with self.engine.begin() as connection:
-            for table in reversed(metadata.sorted_tables):
-                if table.name not in SEEDED_TABLES:
-                    await connection.execute(text(f'DELETE FROM "{table.name}"'))  # noqa: S608
+        await empty_database(self.engine)
 
 
 def _flush(redis_url: str) -> None:
@@ -281,15 +277,6 @@ def _flush(redis_url: str) -> None:
 
 
 # -- SSE over a real socket --------------------------------------------------------------------------
-
-
-@dataclass
-class Frame:
-    id: str | None = None
-    event: str | None = None
-    data: Any = None
-    comment: str | None = None
-    retry: int | None = None
 
 
 @dataclass
@@ -319,22 +306,6 @@ class Watcher:
         return [await self.next_event(timeout) for _ in range(count)]
 
 
-def _parse(raw: list[str]) -> Frame:
-    frame = Frame()
-    for line in raw:
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "":
-            frame.comment = value
-        elif name == "data":
-            frame.data = json.loads(value)
-        elif name == "retry":
-            frame.retry = int(value)
-        elif name in ("id", "event"):
-            setattr(frame, name, value)
-    return frame
-
-
 @contextlib.asynccontextmanager
 async def watching(
     instance: Instance, headers: dict[str, str], last_event_id: str | None = None
@@ -362,7 +333,7 @@ async def watching(
                 async for line in response.aiter_lines():
                     if line == "":
                         if lines:
-                            watcher.frames.put_nowait(_parse(lines))
+                            watcher.frames.put_nowait(parse_frame(lines))
                         lines = []
                     else:
                         lines.append(line)
