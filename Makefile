@@ -33,5 +33,8 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check service tests alembic
 	$(BIN)/mypy
 
+openapi: $(VENV)/.run-installed  ## write the OpenAPI document the code describes to docs/openapi.json
+	env -u DATABASE_URL -u REDIS_URL $(BIN)/quart --app service schema --output docs/openapi.json
+
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache .coverage*

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from quart.testing import QuartClient
+
+from service.application import Switchboard
+
+COMMITTED_SPEC = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
 
 
 async def test_openapi_document_describes_the_probes(client: QuartClient) -> None:
@@ -57,3 +63,10 @@ async def test_docs_assets_cannot_escape_their_directory(client: QuartClient) ->
 async def test_other_doc_uis_are_off(client: QuartClient) -> None:
     for path in ("/redocs", "/scalar"):
         assert (await client.get(path)).status_code == 404
+
+
+async def test_the_committed_openapi_document_matches_the_code(app: Switchboard) -> None:
+    """docs/openapi.json is what client authors read without running the service: it must not drift."""
+    generated = await (await app.test_client().get("/openapi.json")).get_json()
+    committed = json.loads(COMMITTED_SPEC.read_text())
+    assert committed == generated, "docs/openapi.json is stale: run `make openapi` and commit it"
