@@ -23,7 +23,9 @@ from service.events.broker import (
     Envelope,
     Event,
     SubscriberLagged,
+    encode_data,
     event_id_key,
+    make_event,
 )
 from service.events.memory_broker import MemoryBroker
 from service.events.redis_broker import RedisBroker
@@ -241,11 +243,10 @@ async def test_duplicate_outbox_id_is_appended_and_delivered_once(broker: Broker
         await broker.append([envelope(4)])
         got += await take(stream, 1)
 
-    assert first is not None
-    assert again[0] is None
-    assert again[1] is not None
-    assert same_batch[0] is not None
-    assert same_batch[1] is None
+    # A duplicate gets the id of the first append: the relay records that id whichever append counted.
+    assert again[0] == first
+    assert same_batch[1] == same_batch[0]
+    assert len({first, again[1], same_batch[0]}) == 3
     assert numbers(got) == [1, 2, 3, 4]
     assert numbers(await broker.replay("0")) == [1, 2, 3, 4]
 
@@ -352,6 +353,68 @@ async def test_an_event_type_that_breaks_sse_framing_appends_nothing(broker: Bro
     assert await broker.replay("0") == []
 
 
+class ListArchive:
+    """Plays the outbox table for the broker: every appended event, kept in order (the real one, read
+    from the database, is tested in tests/test_archive.py)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def append(self, broker: Broker, envelopes: Sequence[Envelope]) -> list[str]:
+        # As the relay does: ids above the newest recorded, even from a log that restarted empty.
+        ids = await broker.append(envelopes, after=self.events[-1].key if self.events else (0, 0))
+        for item, event_id in zip(envelopes, ids, strict=True):
+            self.events.append(make_event(event_id, item.type, item.topic, encode_data(item)))
+        return ids
+
+    async def __call__(
+        self, after: tuple[int, int], before: tuple[int, int] | None, limit: int
+    ) -> list[Event]:
+        kept = [e for e in self.events if e.key > after and (before is None or e.key < before)]
+        return kept[:limit]
+
+
+async def test_what_the_log_trimmed_is_read_from_the_archive(make_broker: Callable[..., Any]) -> None:
+    archive = ListArchive()
+    broker: Broker = await make_broker(maxlen=5, archive=archive)
+    ids = await archive.append(broker, [envelope(n) for n in range(12)])
+
+    # The archive up to the log's first event, then the log: one page.
+    assert numbers(await broker.replay(ids[2])) == list(range(3, 12))
+    async with watching(broker, frozenset({"a1"}), ids[2]) as stream:
+        assert numbers(await take(stream, 9)) == list(range(3, 12))
+        await archive.append(broker, [envelope(12)])
+        assert numbers(await take(stream, 1)) == [12]
+
+
+async def test_time_retention_trims_the_log(make_broker: Callable[..., Any]) -> None:
+    broker: Broker = await make_broker()
+    ids = await broker.append([envelope(n) for n in range(3)])
+    await asyncio.sleep(0.005)
+    ids += await broker.append([envelope(n) for n in range(3, 5)])
+
+    await broker.trim(event_id_key(ids[3])[0])
+
+    with pytest.raises(SubscriberLagged):
+        await broker.replay(ids[0])
+    assert numbers(await broker.replay(ids[2])) == [3, 4]
+
+
+async def test_an_id_from_before_this_process_lags_unless_the_archive_holds_it() -> None:
+    archive = ListArchive()
+    earlier = MemoryBroker()
+    old = await archive.append(earlier, [envelope(n) for n in range(3)])
+    await asyncio.sleep(0.005)
+    # A restarted process: an empty ring, which never held the ids above.
+    alone, restarted = MemoryBroker(), MemoryBroker(archive=archive)
+    await archive.append(restarted, [envelope(3), envelope(4)])
+
+    with pytest.raises(SubscriberLagged):
+        await alone.replay(old[0])
+    async with watching(restarted, None, old[0]) as stream:
+        assert numbers(await take(stream, 4)) == [1, 2, 3, 4]
+
+
 # Redis only: several processes, outages and reconnects.
 
 if REDIS_URL:
@@ -429,6 +492,39 @@ if REDIS_URL:
         async with watching(reader, frozenset({"a1"})) as stream:
             await writer.append([envelope(20)])
             assert numbers(await take(stream, 1)) == [20]
+
+    @pytest.mark.parametrize("archived", [True, False])
+    async def test_a_stream_lost_with_redis_is_detected(brokers: Brokers, archived: bool) -> None:
+        """Redis restarted empty: ids from the lost stream cannot be resumed from the new one alone."""
+        archive = ListArchive()
+        options: dict[str, Any] = {"archive": archive} if archived else {}
+        # A long retry delay, so that what follows happens while the reader's listener is away.
+        reader = await brokers.redis(retry_delay=0.5, **options)
+        writer = await brokers.redis(**options)
+        admin = brokers.client()
+        async with watching(reader, None) as live:
+            old = await archive.append(writer, [envelope(n) for n in range(3)])
+            assert numbers(await take(live, 3)) == [0, 1, 2]
+            assert await admin.client_kill_filter(
+                _id=await _listener_id(admin, f"{brokers.prefix}:listener:0")
+            )
+            # Appended, then lost with the stream before the listener read it: only the archive has it.
+            old += await archive.append(writer, [envelope(3)])
+            await admin.delete(brokers.prefix)
+            await archive.append(writer, [envelope(4), envelope(5)])
+            if archived:
+                assert numbers(await take(live, 3)) == [3, 4, 5]
+            else:
+                with pytest.raises(SubscriberLagged):
+                    await take(live, 1)
+
+        if archived:
+            assert numbers(await writer.replay(old[0])) == [1, 2, 3, 4, 5]
+            async with watching(writer, None, old[0]) as resumed:
+                assert numbers(await take(resumed, 5)) == [1, 2, 3, 4, 5]
+        else:
+            with pytest.raises(SubscriberLagged):
+                await writer.replay(old[0])
 
     async def _listener_id(admin: Redis, name: str) -> str:
         """The Redis client id of the listener connection called `name`, once it is connected."""

@@ -132,30 +132,72 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Stop delivering; idempotent."""
 
-    async def append(self, envelopes: Sequence[Envelope]) -> list[str | None]:
+    async def append(self, envelopes: Sequence[Envelope], *, after: tuple[int, int] = (0, 0)) -> list[str]:
         """Append to the log in order and deliver to live subscribers of every process.
 
-        Returns the event id per envelope, or None where that outbox id was already appended.
+        Returns the event id per envelope, each above `after` (the newest id the caller knows was ever
+        given: a log that restarted empty must not give an id twice or go back in time). An outbox id
+        appended before (within the dedupe window) is not appended again and comes back with its id.
 
         Raises:
             BrokerUnavailable: the log cannot be reached. Retry the same envelopes later: any that did
-                get appended are recognised by their outbox id and come back as None.
+                get appended are recognised by their outbox id.
         """
 
     def subscribe(self, topics: frozenset[str] | None, *, maxsize: int = 256) -> Subscription:
         """Register a bounded queue for `topics` (None: every event) at once; leave it with `async with`."""
 
     async def replay(self, after: str, limit: int = REPLAY_PAGE) -> list[Event]:
-        """Up to `limit` events with an id above `after`, oldest first.
+        """Up to `limit` events with an id above `after`, oldest first; with an archive, what the log lost
+        is read from it. `after` "0" means from the start of what the log holds.
 
         Raises:
             ValueError: `after` is not an event id.
-            SubscriberLagged: the log was trimmed past `after`, so events right after it are gone.
-            BrokerUnavailable: the log cannot be reached.
+            SubscriberLagged: neither the log nor the archive holds the events right after `after`.
+            BrokerUnavailable: the log (or the archive) cannot be reached.
         """
+
+    async def trim(self, before_ms: int) -> None:
+        """Drop the log's events older than `before_ms` (time-based retention; the length cap is kept
+        on every append)."""
 
 
 ReplayFn = Callable[[str, int], Awaitable[list[Event]]]
+# Events after `after` and, when `before` is given, below it, oldest first, from the durable outbox table:
+# what the broker's log no longer holds. Raises SubscriberLagged past its own retention, BrokerUnavailable
+# when the database cannot be read.
+Archive = Callable[[tuple[int, int], tuple[int, int] | None, int], Awaitable[list[Event]]]
+ReadLog = Callable[[tuple[int, int], int], Awaitable[list[Event]]]
+FirstKey = Callable[[], Awaitable[tuple[int, int] | None]]
+
+
+async def replay_with_archive(
+    read_log: ReadLog, first_key: FirstKey, archive: Archive | None, after: str, limit: int
+) -> list[Event]:
+    """A page of events after `after`: from the broker's log, or, where the log lost them (trimmed, or
+    Redis restarted empty), from the archive up to the log's first entry and then from the log again.
+
+    The archive serves only ids below the log's first entry, so an event appended to the log but whose
+    outbox row is not yet marked published is always read from the log: nothing falls between the two.
+    """
+    after_key = event_id_key(after)
+    try:
+        return await read_log(after_key, limit)
+    except SubscriberLagged:
+        if archive is None:
+            raise
+    for _ in range(3):
+        first = await first_key()
+        page = await archive(after_key, first, limit)
+        if first is None or len(page) == limit:
+            return page
+        try:
+            # The archive has given everything below the log's first entry: the log goes on from there
+            # (and fills the page, since a short page means "nothing more" to the caller).
+            return page + await read_log(predecessor(first), limit - len(page))
+        except SubscriberLagged:
+            continue  # trimmed again meanwhile: the archive covers the new gap
+    raise SubscriberLagged(f"the log moved on while replaying after {after}")
 
 
 class FanOut:

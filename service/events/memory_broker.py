@@ -11,15 +11,17 @@ from operator import attrgetter
 
 from service.events.broker import (
     REPLAY_PAGE,
+    Archive,
     Envelope,
     Event,
     FanOut,
     SubscriberLagged,
     Subscription,
     encode_data,
-    event_id_key,
     format_event_id,
     make_event,
+    predecessor,
+    replay_with_archive,
 )
 
 _key = attrgetter("key")
@@ -28,13 +30,19 @@ _key = attrgetter("key")
 class MemoryBroker:
     """Events in a bounded in-process log, delivered to subscribers as they are appended."""
 
-    def __init__(self, *, maxlen: int = 100_000, dedupe_size: int = 100_000) -> None:
+    def __init__(
+        self, *, maxlen: int = 100_000, dedupe_size: int = 100_000, archive: Archive | None = None
+    ) -> None:
         self._log: deque[Event] = deque(maxlen=maxlen)
         # The newest id the ring has dropped: a replay from below it would have a hole.
         self._trimmed_through: tuple[int, int] = (0, 0)
+        # Ids below this are an earlier process's (ids are times): this ring never held them.
+        self._origin = predecessor((time.time_ns() // 1_000_000, 0))
         self._last_key: tuple[int, int] = (0, 0)
-        self._appended: OrderedDict[int, None] = OrderedDict()
+        # Outbox id -> the event id it got, so a relay that appends twice gets the same id back.
+        self._appended: OrderedDict[int, str] = OrderedDict()
         self._dedupe_size = dedupe_size
+        self._archive = archive
         self._fanout = FanOut()
 
     @property
@@ -51,17 +59,20 @@ class MemoryBroker:
     async def close(self) -> None:
         """Nothing to release."""
 
-    async def append(self, envelopes: Sequence[Envelope]) -> list[str | None]:
-        """Append in order and deliver to this process's subscribers; None for an outbox id seen before."""
+    async def append(self, envelopes: Sequence[Envelope], *, after: tuple[int, int] = (0, 0)) -> list[str]:
+        """Append in order, with ids above `after`, and deliver to this process's subscribers; an outbox id
+        seen before keeps the id it got then and is not appended again."""
+        self._last_key = max(self._last_key, after)
         # Encode everything first, so a bad envelope appends nothing of its batch.
         encoded = [encode_data(envelope) for envelope in envelopes]
-        ids: list[str | None] = []
+        ids: list[str] = []
         for envelope, data_json in zip(envelopes, encoded, strict=True):
-            if envelope.outbox_id in self._appended:
-                ids.append(None)
+            seen = self._appended.get(envelope.outbox_id)
+            if seen is not None:
+                ids.append(seen)
                 continue
-            self._remember(envelope.outbox_id)
             event = make_event(format_event_id(self._next_key()), envelope.type, envelope.topic, data_json)
+            self._remember(envelope.outbox_id, event.id)
             if len(self._log) == self._log.maxlen:
                 self._trimmed_through = self._log[0].key
             self._log.append(event)
@@ -73,17 +84,26 @@ class MemoryBroker:
         return Subscription(self._fanout, self.replay, topics, maxsize)
 
     async def replay(self, after: str, limit: int = REPLAY_PAGE) -> list[Event]:
-        """Up to `limit` events after `after`, oldest first.
+        """Up to `limit` events after `after`, oldest first (from the archive where the ring lost them).
 
         Raises:
             ValueError: `after` is not an event id.
-            SubscriberLagged: the ring has dropped events after `after`.
+            SubscriberLagged: neither the ring nor the archive holds the events after `after`.
         """
-        after_key = event_id_key(after)
-        if self._trimmed_through > after_key:
-            raise SubscriberLagged(f"the log no longer holds the events after {after}")
+        return await replay_with_archive(self._read, self._first_key, self._archive, after, limit)
+
+    async def trim(self, before_ms: int) -> None:
+        while self._log and self._log[0].key[0] < before_ms:
+            self._trimmed_through = self._log.popleft().key
+
+    async def _read(self, after_key: tuple[int, int], limit: int) -> list[Event]:
+        if self._trimmed_through > after_key or (after_key != (0, 0) and after_key < self._origin):
+            raise SubscriberLagged(f"the log no longer holds the events after {format_event_id(after_key)}")
         start = bisect.bisect_right(self._log, after_key, key=_key)
         return list(itertools.islice(self._log, start, start + limit))
+
+    async def _first_key(self) -> tuple[int, int] | None:
+        return self._log[0].key if self._log else None
 
     def _next_key(self) -> tuple[int, int]:
         """A Redis-like id: milliseconds, then a sequence that keeps ids strictly increasing."""
@@ -92,7 +112,7 @@ class MemoryBroker:
         self._last_key = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
         return self._last_key
 
-    def _remember(self, outbox_id: int) -> None:
-        self._appended[outbox_id] = None
+    def _remember(self, outbox_id: int, event_id: str) -> None:
+        self._appended[outbox_id] = event_id
         if len(self._appended) > self._dedupe_size:
             self._appended.popitem(last=False)

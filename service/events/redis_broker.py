@@ -9,7 +9,10 @@ pub/sub subscription would, and never one per subscriber.
 
 Entries hold `outbox`, `type`, `data` (JSON text), `topic` (absent for None) and `prev`, the id of the entry
 appended before it: the trimmed log cannot say which ids it dropped, but a first replayed entry whose
-`prev` lies above the requested id proves that events in between are gone (SubscriberLagged).
+`prev` lies above the requested id proves that events in between are gone (SubscriberLagged). The first
+entry of a new stream (Redis restarted without its data, or the key was lost) has `prev` "*": nothing is
+known before it, so a reader coming from an older id cannot tell what it missed and lags, too. Either way
+the archive (the outbox table) serves what the stream lost.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from redis.asyncio.connection import AbstractConnection
 from service import log
 from service.events.broker import (
     REPLAY_PAGE,
+    Archive,
     BrokerUnavailable,
     Envelope,
     Event,
@@ -36,6 +40,8 @@ from service.events.broker import (
     event_id_key,
     format_event_id,
     make_event,
+    predecessor,
+    replay_with_archive,
 )
 
 logger = log.get(__name__)
@@ -57,26 +63,51 @@ _READ_COUNT = 1000
 _READ_MARGIN = 3.0
 _MAX_KEY = (2**64 - 1, 2**64 - 1)
 
+# The `prev` of a stream's first entry: whatever came before it is unknown (see the module docstring).
+_ORIGIN = "*"
+
 # KEYS[1] is the stream, KEYS[2..] one dedupe key per envelope. ARGV: MAXLEN, "~" or "=", dedupe TTL in
-# seconds, then five values per envelope: outbox id, type, has topic ("1"/"0"), topic, data JSON.
-# SET NX and XADD in one script: a relay that died after appending finds the key and appends nothing.
+# seconds, the ms and seq of the newest id ever given (the caller's record), then five values per
+# envelope: outbox id, type, has topic ("1"/"0"), topic, data JSON.
+# The dedupe key holds the id the envelope got, set in the same script as the XADD: a relay that died after
+# appending finds it and gets that id back instead of appending again.
+# A new stream's first id must still exceed every id the lost stream gave (within its last millisecond, or
+# after the clock stepped back, Redis would start again from the clock): then it is given explicitly.
 _APPEND_LUA = """
+local prev = '*'
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local prev = '0-0'
-if #last > 0 then prev = last[1][1] end
+if #last > 0 then
+  prev = last[1][1]
+elseif redis.call('EXISTS', KEYS[1]) == 1 then
+  -- Emptied by trimming, not lost: it still knows the last id it gave.
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for j = 1, #info, 2 do
+    if info[j] == 'last-generated-id' then prev = info[j + 1] end
+  end
+end
 local ids = {}
 for i = 2, #KEYS do
-  local a = 3 + (i - 2) * 5
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[3]) then
+  local a = 5 + (i - 2) * 5
+  local seen = redis.call('GET', KEYS[i])
+  if seen then
+    ids[i - 1] = seen
+  else
     local fields = {'outbox', ARGV[a + 1], 'type', ARGV[a + 2], 'data', ARGV[a + 5], 'prev', prev}
     if ARGV[a + 3] == '1' then
       fields[#fields + 1] = 'topic'
       fields[#fields + 1] = ARGV[a + 4]
     end
-    prev = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], ARGV[1], '*', unpack(fields))
+    local id = '*'
+    if prev == '*' then
+      local now = redis.call('TIME')
+      local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+      if now_ms <= tonumber(ARGV[4]) then
+        id = ARGV[4] .. '-' .. string.format('%d', tonumber(ARGV[5]) + 1)
+      end
+    end
+    prev = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], ARGV[1], id, unpack(fields))
+    redis.call('SET', KEYS[i], prev, 'EX', ARGV[3])
     ids[i - 1] = prev
-  else
-    ids[i - 1] = false
   end
 end
 return ids
@@ -87,12 +118,16 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _decode(entry_id: bytes | str, fields: Mapping[Any, Any]) -> tuple[Event, str]:
-    """The Event and its `prev` id from one stream entry (bytes or str, as the client decodes)."""
+def _decode(entry_id: bytes | str, fields: Mapping[Any, Any]) -> tuple[Event, tuple[int, int]]:
+    """The Event and the key of the entry before it (bytes or str fields, as the client decodes).
+
+    A stream's first entry continues only from exactly the id before its own.
+    """
     values = {_text(name): _text(value) for name, value in fields.items()}
     topic = values.get("topic")
     event = make_event(_text(entry_id), values["type"], topic, values["data"])
-    return event, values.get("prev", "0-0")
+    prev = values.get("prev", "0-0")
+    return event, predecessor(event.key) if prev == _ORIGIN else event_id_key(prev)
 
 
 class RedisBroker:
@@ -110,6 +145,7 @@ class RedisBroker:
         retry_delay: float = 0.1,
         max_retry_delay: float = 5.0,
         listener_name: str | None = None,
+        archive: Archive | None = None,
     ) -> None:
         self._redis = client
         self._key = stream_key
@@ -122,6 +158,7 @@ class RedisBroker:
         self._max_retry_delay = max_retry_delay
         self._listener_name = listener_name or f"switchboard-events-{os.getpid()}"
         self._append_script = client.register_script(_APPEND_LUA)
+        self._archive = archive
         self._fanout = FanOut()
         self._connection: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -162,32 +199,43 @@ class RedisBroker:
         if self._connection is not None:
             await self._connection.disconnect(nowait=True)
 
-    async def append(self, envelopes: Sequence[Envelope]) -> list[str | None]:
-        """Append in order; None for an outbox id appended within the dedupe TTL.
+    async def append(self, envelopes: Sequence[Envelope], *, after: tuple[int, int] = (0, 0)) -> list[str]:
+        """Append in order, with ids above `after`; an outbox id appended within the dedupe TTL gets the id
+        it got then.
 
         Raises:
             BrokerUnavailable: Redis cannot be reached. Earlier chunks of a large batch may be in the log
                 already; appending the batch again skips them (their outbox ids are remembered).
         """
         encoded = [encode_data(envelope) for envelope in envelopes]
-        ids: list[str | None] = []
+        ids: list[str] = []
         for start in range(0, len(envelopes), _APPEND_CHUNK):
             end = start + _APPEND_CHUNK
-            ids.extend(await self._append_chunk(envelopes[start:end], encoded[start:end]))
+            ids.extend(await self._append_chunk(envelopes[start:end], encoded[start:end], after))
         return ids
 
     def subscribe(self, topics: frozenset[str] | None, *, maxsize: int = 256) -> Subscription:
         return Subscription(self._fanout, self.replay, topics, maxsize)
 
     async def replay(self, after: str, limit: int = REPLAY_PAGE) -> list[Event]:
-        """Up to `limit` events after `after`, oldest first, read from the stream.
+        """Up to `limit` events after `after`, oldest first: from the stream, or from the archive where
+        the stream lost them.
 
         Raises:
             ValueError: `after` is not an event id.
-            SubscriberLagged: the stream was trimmed past `after`.
-            BrokerUnavailable: Redis cannot be reached.
+            SubscriberLagged: neither the stream nor the archive holds the events after `after`.
+            BrokerUnavailable: Redis (or the archive) cannot be reached.
         """
-        after_key = event_id_key(after)
+        return await replay_with_archive(self._read_log, self._first_key, self._archive, after, limit)
+
+    async def trim(self, before_ms: int) -> None:
+        """XTRIM MINID: entries older than `before_ms` go (approximately, as the length cap does)."""
+        try:
+            await self._redis.xtrim(self._key, minid=f"{before_ms}-0", approximate=self._trim == "~")
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"cannot trim the event stream: {exc}") from exc
+
+    async def _read_log(self, after_key: tuple[int, int], limit: int) -> list[Event]:
         if after_key == _MAX_KEY:
             return []
         try:
@@ -201,14 +249,27 @@ class RedisBroker:
             if entry_id is None or fields is None:
                 continue
             event, prev = _decode(entry_id, fields)
-            if not events and event_id_key(prev) > after_key:
-                raise SubscriberLagged(f"the log no longer holds the events after {after}")
+            # "0" asks for whatever the log holds from its start: only trimming can lag it.
+            if not events and prev > after_key and (after_key != (0, 0) or prev != predecessor(event.key)):
+                raise SubscriberLagged(
+                    f"the log no longer holds the events after {format_event_id(after_key)}"
+                )
             events.append(event)
         return events
 
-    async def _append_chunk(self, envelopes: Sequence[Envelope], encoded: Sequence[str]) -> list[str | None]:
+    async def _first_key(self) -> tuple[int, int] | None:
+        try:
+            first = await self._redis.xrange(self._key, min="-", max="+", count=1)
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"cannot read the event stream: {exc}") from exc
+        entry_id = first[0][0] if first else None
+        return None if entry_id is None else event_id_key(_text(entry_id))
+
+    async def _append_chunk(
+        self, envelopes: Sequence[Envelope], encoded: Sequence[str], after: tuple[int, int]
+    ) -> list[str]:
         keys = [self._key, *(f"{self._key}:outbox:{envelope.outbox_id}" for envelope in envelopes)]
-        args: list[str | int] = [self._maxlen, self._trim, self._dedupe_ttl]
+        args: list[str | int] = [self._maxlen, self._trim, self._dedupe_ttl, *after]
         for envelope, data_json in zip(envelopes, encoded, strict=True):
             has_topic = envelope.topic is not None
             args += [envelope.outbox_id, envelope.type, int(has_topic), envelope.topic or "", data_json]
@@ -216,7 +277,7 @@ class RedisBroker:
             reply = await self._append_script(keys=keys, args=args)
         except _UNREACHABLE as exc:
             raise BrokerUnavailable(f"cannot append to the event stream: {exc}") from exc
-        return [None if item is None else _text(item) for item in reply]
+        return [_text(item) for item in reply]
 
     async def _tail_id(self) -> str:
         last = await self._redis.xrevrange(self._key, count=1)
@@ -279,7 +340,8 @@ class RedisBroker:
             except (KeyError, ValueError, TypeError):
                 logger.exception("event_undecodable", stream=self._key, event_id=self._cursor)
                 continue
-            if index == 0 and previous is not None and event_id_key(prev) > event_id_key(previous):
+            # A cursor of "0-0" found the stream empty: nothing came before that it could have missed.
+            if index == 0 and previous not in (None, "0-0") and prev > event_id_key(previous):
                 self._note_gap(previous)
             events.append(event)
         self._fanout.deliver(events)

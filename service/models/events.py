@@ -30,7 +30,9 @@ class OutboxEvent(Model):
     request_id: Mapped[str | None] = mapped_column(String(128), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(default=None)
-    event_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # The public id "ms-seq" as two numbers, so the archive can read "every event after id X" in id order.
+    event_ms: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    event_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
     __table_args__ = (
         # The relay's query: what is not yet published, in order. Partial, so it stays small.
@@ -40,4 +42,13 @@ class OutboxEvent(Model):
             postgresql_where=published_at.is_(None),
             sqlite_where=published_at.is_(None),
         ),
+        # The archive's query (events after an id, in id order) and the retention purge's oldest-first scan.
+        Index("ix_outbox_events_event_key", "event_ms", "event_seq"),
     )
+
+    @property
+    def event_id(self) -> str | None:
+        """The id subscribers saw, once the relay has published the event."""
+        if self.event_ms is None or self.event_seq is None:
+            return None
+        return f"{self.event_ms}-{self.event_seq}"

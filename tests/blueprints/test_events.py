@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from quart.testing import QuartClient
+from sqlalchemy import func, select
 
 from service.application import Switchboard
+from service.events import outbox
+from service.events.broker import event_id_key
+from service.models.events import OutboxEvent
 
 from ..accounts import bearer, login, register, signed_in
 from ..conftest import AppMaker
@@ -66,6 +70,52 @@ async def test_resuming_with_last_event_id_has_no_gap_and_no_duplicate(
     assert names == ["a1", "a2", "a3", "a4", "a5", "a6"]
     ids = [f.id for f in [*seen, *resumed, live]]
     assert len(set(ids)) == len(ids)
+
+
+async def _published(app: Switchboard) -> None:
+    """Wait until the relay has handed every outbox row to the broker."""
+    async with asyncio.timeout(10):
+        while True:
+            async with app.extensions["db"].sessionmaker() as session:
+                waiting = await session.scalar(
+                    select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+                )
+            if not waiting:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_resuming_after_the_log_was_lost_reads_the_outbox(
+    client: QuartClient, app: Switchboard
+) -> None:
+    """A restarted process (an empty ring) or a Redis that restarted empty: the events after the client's
+    last id are read back from the outbox table, then the stream goes live, with no gap and no repeat."""
+    operator = await signed_in(client, "opal", "operator", app)
+    async with watching(client, operator) as stream:
+        await make_agent(client, operator, "a1")
+        seen = await stream.next_event()
+    for name in ("a2", "a3"):  # while the client is away
+        await make_agent(client, operator, name)
+    await _published(app)
+
+    lost = app.extensions["broker"]
+    await lost.close()
+    redis = app.extensions.get("redis")
+    if redis is not None:
+        await redis.delete("sb:events")
+    fresh = outbox.open_broker(app, app.config["SETTINGS"])
+    await fresh.start()
+    app.extensions["broker"] = fresh
+    await make_agent(client, operator, "a4")
+
+    async with watching(client, operator, **{"Last-Event-ID": seen.id}) as stream:
+        resumed = await stream.events(3)
+        await make_agent(client, operator, "a5")
+        live = await stream.next_event()
+    frames = [seen, *resumed, live]
+    assert [f.data["data"]["agent"]["name"] for f in frames] == ["a1", "a2", "a3", "a4", "a5"]
+    keys = [event_id_key(f.id or "") for f in frames]
+    assert keys == sorted(set(keys))  # increasing: the new log gives ids above the lost one's
 
 
 async def test_the_query_parameter_resumes_too(client: QuartClient, app: Switchboard) -> None:

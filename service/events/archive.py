@@ -1,0 +1,80 @@
+"""The archive: published events read back from the outbox table, for what the broker's log lost.
+
+The Redis stream (or the embedded ring) is fast but may lose events: it is trimmed to its length cap, and
+a Redis that restarts without its data starts an empty stream. Every published event also stays in its
+outbox row, with the public id it got, until the retention purge removes it; reading those rows in id
+order gives the same events, so a subscriber resuming across such a loss still gets no gap.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.exc import SQLAlchemyError
+
+from service import db
+from service.events.broker import (
+    BrokerUnavailable,
+    Envelope,
+    Event,
+    SubscriberLagged,
+    encode_data,
+    format_event_id,
+    make_event,
+)
+from service.models.events import OutboxEvent
+
+_event_key = tuple_(OutboxEvent.event_ms, OutboxEvent.event_seq)
+
+
+def as_event(row: OutboxEvent) -> Event:
+    """The event a subscriber received for this published row, frame and all."""
+    assert row.event_id is not None
+    data_json = encode_data(Envelope(row.id, row.type, row.data, row.topic))
+    return make_event(row.event_id, row.type, row.topic, data_json)
+
+
+class OutboxArchive:
+    """Callable as the brokers' `Archive`: events after an id (and below another), oldest first."""
+
+    def __init__(self, database: db.Database) -> None:
+        self._database = database
+
+    async def __call__(
+        self, after: tuple[int, int], before: tuple[int, int] | None, limit: int
+    ) -> list[Event]:
+        """Published events with `after` < id (< `before`), in id order.
+
+        Raises:
+            SubscriberLagged: the purge removed events after `after` (it is older than every kept row).
+            BrokerUnavailable: the database cannot be read.
+        """
+        try:
+            async with self._database.sessionmaker() as session:
+                oldest = (
+                    await session.execute(
+                        select(OutboxEvent.event_ms, OutboxEvent.event_seq)
+                        .where(OutboxEvent.event_ms.is_not(None))
+                        .order_by(OutboxEvent.event_ms, OutboxEvent.event_seq)
+                        .limit(1)
+                    )
+                ).first()
+                if oldest is None:
+                    return []
+                if after < (oldest[0], oldest[1]):
+                    # The row of `after` itself is gone: events just after it may be gone with it.
+                    raise SubscriberLagged(
+                        f"the archive no longer holds the events after {format_event_id(after)}"
+                    )
+                query = select(OutboxEvent).where(
+                    OutboxEvent.event_ms.is_not(None), _event_key > tuple_(*after)
+                )
+                if before is not None:
+                    query = query.where(_event_key < tuple_(*before))
+                rows = (
+                    await session.scalars(
+                        query.order_by(OutboxEvent.event_ms, OutboxEvent.event_seq).limit(limit)
+                    )
+                ).all()
+        except (SQLAlchemyError, OSError) as error:
+            raise BrokerUnavailable(f"cannot read the event archive: {type(error).__name__}") from error
+        return [as_event(row) for row in rows]
