@@ -31,9 +31,15 @@ class Loop:
     # Set to run the next round now rather than after the interval (e.g. an event was just written).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # Housekeeping waits one interval before its first round: nothing is urgent at start, and instances
+    # started together do not all do it at once.
+    wait_first: bool = False
 
     async def run(self) -> None:
         failures = 0
+        if self.wait_first:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.interval)
         while True:
             try:
                 busy = await self.round()
@@ -65,8 +71,16 @@ class Loops:
     def __init__(self) -> None:
         self._loops: dict[str, Loop] = {}
 
-    def add(self, name: str, round_: Round, interval: float, max_backoff: float = 30.0) -> None:
-        self._loops[name] = Loop(name, round_, interval, max_backoff)
+    def add(
+        self,
+        name: str,
+        round_: Round,
+        interval: float,
+        max_backoff: float = 30.0,
+        *,
+        wait_first: bool = False,
+    ) -> None:
+        self._loops[name] = Loop(name, round_, interval, max_backoff, wait_first=wait_first)
 
     def wake(self, name: str) -> None:
         loop = self._loops.get(name)
