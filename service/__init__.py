@@ -25,7 +25,7 @@ from service.application import Switchboard
 from service.blueprints import api, auth, docs, health
 from service.config import ConfigError, Settings
 from service.events import outbox, stream
-from service.services import notifications, sweeper
+from service.services import notifications, retention, sweeper
 
 
 def create_app(settings: Settings | None = None) -> Switchboard:
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Switchboard:
     outbox.init_app(app, settings)
     stream.init_app(app, settings)
     sweeper.init_app(app, settings)
+    retention.init_app(app, settings)
     passwords.configure(settings.password_hash_concurrency)
 
     cli.init_app(app, settings)
