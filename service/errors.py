@@ -190,9 +190,18 @@ def field_details(error: ValidationError) -> dict[str, list[str]]:
     return details
 
 
+# PostgreSQL aborted the transaction for a reason a plain retry cures: a serialization failure, a
+# deadlock it broke, a lock it could not get, or a statement cancelled at the statement timeout.
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
+
+
 def is_unavailable(error: BaseException) -> bool:
-    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
-        return True
+    """Whether the error means "retry shortly" (503 with Retry-After), not a fault of ours (500)."""
+    if isinstance(error, sqlalchemy.exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        if getattr(error.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+            return True
     return isinstance(error, _UNAVAILABLE)
 
 

@@ -4,8 +4,10 @@ Registered only by the tests that need it, on their own app; never part of the s
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel, Field
-from quart import Blueprint
+from quart import Blueprint, current_app
 from quart_schema import validate_request
 from sqlalchemy import text
 
@@ -69,3 +71,23 @@ async def get_needs_role() -> dict[str, object]:
 @identity.role_required("viewer")
 async def get_needs_viewer() -> dict[str, object]:
     return {"ok": True}
+
+
+@blueprint.get("/deadlock")
+async def get_deadlock() -> dict[str, object]:
+    """Two transactions that wait for each other: PostgreSQL breaks the deadlock by failing one."""
+    engine = current_app.extensions["db"].engine
+    async with engine.connect() as first, engine.connect() as second:
+        await first.begin()
+        await second.begin()
+        await first.execute(text("SELECT pg_advisory_xact_lock(1)"))
+        await second.execute(text("SELECT pg_advisory_xact_lock(2)"))
+        outcomes = await asyncio.gather(
+            first.execute(text("SELECT pg_advisory_xact_lock(2)")),
+            second.execute(text("SELECT pg_advisory_xact_lock(1)")),
+            return_exceptions=True,
+        )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return {"deadlocked": False}

@@ -143,3 +143,17 @@ async def test_database_down_is_a_503_with_retry_after(app: Switchboard) -> None
     assert_envelope(await response.get_json(), "SERVICE_UNAVAILABLE")
     for leak in ("asyncpg", "sqlalchemy", "127.0.0.1", "Traceback"):
         assert leak not in raw
+
+
+async def test_a_deadlock_is_a_503_to_retry(probe_client: QuartClient, database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip(
+            "deadlocks are PostgreSQL's; SQLite transactions take turns (the PostgreSQL run covers it)"
+        )
+    response = await probe_client.get("/_probe/deadlock")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    raw = (await response.get_data()).decode()
+    assert_envelope(await response.get_json(), "SERVICE_UNAVAILABLE")
+    for leak in ("deadlock", "asyncpg", "pg_advisory", "Traceback"):
+        assert leak not in raw

@@ -249,8 +249,8 @@ class Outbox:
         async with self.engine.connect() as connection:
             result = await connection.execute(
                 text(
-                    "SELECT id, type, event_ms || '-' || event_seq AS event_id, published_at FROM outbox_events "
-                    "WHERE id > :after AND type NOT LIKE '\\_%' ORDER BY id"
+                    "SELECT id, type, event_ms || '-' || event_seq AS event_id, published_at "
+                    "FROM outbox_events WHERE id > :after AND type NOT LIKE '\\_%' ORDER BY id"
                 ),
                 {"after": after},
             )
