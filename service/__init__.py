@@ -10,6 +10,7 @@ from service import (
     background,
     cli,
     db,
+    draining,
     errors,
     identity,
     log,
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Switchboard:
     rate_limits.init_app(app, settings)
     mail.init_app(app, settings)
     background.init_app(app)
+    draining.init_app(app)
     notifications.init_app(app, settings)
     presence.init_app(app)
     outbox.init_app(app, settings)

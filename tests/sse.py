@@ -54,6 +54,14 @@ class Stream:
         self.frames.append(frame)
         return frame
 
+    async def ended(self, timeout: float = 5.0) -> bool:
+        """Whether the server ends the response (its last body message is empty) within `timeout`."""
+        while True:
+            chunk = await asyncio.wait_for(self.connection.receive(), timeout)
+            if chunk == b"":
+                return True
+            self.buffer += chunk
+
     async def next_event(self, timeout: float = 5.0) -> Frame:
         """The next frame that is an event (skipping pings and the retry hint)."""
         while True:

@@ -18,8 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.application import Switchboard
 from service.config import Settings
 
+from .accounts import PASSWORD
 from .conftest import ROOT
 
 
@@ -41,7 +43,7 @@ class Server:
 
 
 @contextmanager
-def _serve(tmp_path: Path, database_url: str, workers: int, **env: str) -> Iterator[Server]:
+def _serve(tmp_path: Path, database_url: str, workers: int, *args: str, **env: str) -> Iterator[Server]:
     port = _free_port()
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
@@ -60,6 +62,7 @@ def _serve(tmp_path: Path, database_url: str, workers: int, **env: str) -> Itera
             str(workers),
             "--bind",
             f"127.0.0.1:{port}",
+            *args,
             "service:create_app()",
         ],
         cwd=ROOT,
@@ -140,7 +143,16 @@ def _get_status(url: str, into: dict[str, int]) -> None:
     into["status"] = httpx.get(url, timeout=10).status_code
 
 
-def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, settings: Settings) -> None:
+def _signal(server: Server, whom: str) -> None:
+    """SIGTERM as `docker stop` sends it (the master only) or as systemd does (the whole group)."""
+    if whom == "master":
+        server.process.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(server.process.pid, signal.SIGTERM)
+
+
+@pytest.mark.parametrize("whom", ["master", "group"])
+def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, settings: Settings, whom: str) -> None:
     # A Redis that never answers makes /readiness take about a second: long enough to be in flight.
     hole = socket.socket()
     hole.bind(("127.0.0.1", 0))
@@ -152,9 +164,48 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, settings: Settin
             caller = threading.Thread(target=_get_status, args=(f"{server.url}/readiness", result))
             caller.start()
             time.sleep(0.3)
-            server.process.send_signal(signal.SIGTERM)
+            _signal(server, whom)
             caller.join(10)
             assert result.get("status") == 503  # answered in full, not cut off
             assert server.process.wait(15) == 0
     finally:
         hole.close()
+
+
+@pytest.mark.parametrize("whom", ["master", "group"])
+def test_sigterm_ends_event_streams_at_once_with_a_retry_hint(
+    tmp_path: Path, settings: Settings, app: Switchboard, whom: str
+) -> None:
+    """Draining starts with the shutdown: open streams end with a `retry:` hint (their clients reconnect
+    elsewhere) instead of holding the server until its graceful timeout (60 s here) cuts them."""
+    env = {"REDIS_URL": settings.redis_url or "", "SECRET_KEY": "server-test-secret-key-0123456789abcdef"}
+    with _serve(tmp_path, settings.database_url, 1, "--graceful-timeout", "60", **env) as server:
+        made = subprocess.run(
+            [
+                *(sys.executable, "-m", "quart", "--app", "service", "create-admin"),
+                *("--username", "root", "--email", "root@example.com", "--password", PASSWORD),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": settings.database_url, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert made.returncode == 0, made.stderr
+        login = httpx.post(f"{server.url}/auth/login", json={"username": "root", "password": PASSWORD})
+        headers = {"Authorization": f"Bearer {login.json()['data']['access_token']}"}
+        lines: list[str] = []
+        timeout = httpx.Timeout(5.0, read=40.0)
+        with httpx.stream("GET", f"{server.url}/api/v1/events", headers=headers, timeout=timeout) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                lines.append(line)
+                if line == "retry: 3000":
+                    _signal(server, whom)
+        assert server.process.wait(30) == 0
+    hints = [int(line.removeprefix("retry: ")) for line in lines if line.startswith("retry: ")]
+    assert hints[0] == 3000
+    assert len(hints) == 2, lines  # the opening hint, and the parting one
+    assert 500 <= hints[1] <= 3000
+    assert '"reason": "sigterm"' in server.output() or '"reason": "server_shutdown"' in server.output()

@@ -39,6 +39,9 @@ async def stream_events(query_args: EventQuery) -> Response:
             raise errors.MalformedRequest(
                 "Last-Event-ID is not an event id.", {"last_event_id": ["expected 'ms-seq'"]}
             ) from None
+    if draining.current(current_app).started:
+        # Its streams are ending so that clients move to another instance: no new one starts here.
+        raise errors.ServiceUnavailable("This instance is shutting down; reconnect to another.")
     viewer = stream.Viewer.of(caller)
     streams: stream.Streams = current_app.extensions["streams"]
     stream_id = uuid.uuid4().hex

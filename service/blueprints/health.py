@@ -11,7 +11,7 @@ from pathlib import Path
 from quart import Blueprint, Response, current_app, request
 from quart_schema import hide, tag, validate_response
 
-from service import config, errors, metrics
+from service import config, draining, errors, metrics
 from service.schemas.health import HealthOut, ReadinessOut
 from service.services import health
 
@@ -40,8 +40,12 @@ async def get_readiness() -> tuple[ReadinessOut, int, dict[str, str]]:
     """Readiness probe.
 
     Checks the database, Redis (when configured) and free disk space, each within a deadline;
-    503 with `"status": "not_ready"` when a required check fails.
+    503 with `"status": "not_ready"` when a required check fails, and with `"status": "draining"` once the
+    instance has begun shutting down (take it out of the load balancer).
     """
+    if draining.current(current_app).started:
+        body = ReadinessOut(status="draining", timestamp=datetime.now(UTC), checks={})
+        return body, 503, {"Cache-Control": "no-store"}
     settings = config.current()
     deadline = settings.readiness_timeout
     probes = {"database": health.check_database(current_app.extensions.get("db"), deadline)}

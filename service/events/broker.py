@@ -295,6 +295,11 @@ class Subscription:
             self._closed = True
             self._fanout.remove(self)
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether `interrupt` ended it (rather than the subscriber leaving)."""
+        return self._interrupted
+
     def interrupt(self) -> None:
         """End `events()` at its next step and unregister (the server is shutting down, or the
         subscriber's session ended): the iterator returns instead of waiting for the next event."""

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from quart import Quart
 from redis.asyncio import Redis
 
-from service import log, metrics, redis_client
+from service import draining, log, metrics, redis_client
 from service.config import Settings
 from service.events import outbox
 from service.events.broker import (
@@ -35,6 +36,7 @@ from service.identity import Identity
 logger = log.get(__name__)
 
 RETRY_MS = 3000
+_RECONNECT_SPREAD_MS = (500, 3000)
 # A stream counts toward its user's cap for this long after its last heartbeat: a crashed process's
 # streams stop counting by themselves.
 _SLOT_TTL = 60.0
@@ -179,6 +181,10 @@ async def frames(
             elif types is None or event.type in types:
                 _observe_lag(event)
                 yield event.frame
+        if subscription.interrupted:
+            # The server is going away: come back soon (another instance), spread over a few seconds so
+            # the clients of a draining instance do not all reconnect in the same instant.
+            yield f"retry: {random.randint(*_RECONNECT_SPREAD_MS)}\n\n".encode()  # noqa: S311
     except SubscriberLagged:
         yield reset_frame("beyond_retention")
     except BrokerUnavailable:
@@ -191,11 +197,8 @@ async def frames(
 def init_app(app: Quart, settings: Settings) -> None:
     @app.before_serving
     async def _open() -> None:
-        app.extensions["streams"] = Streams(app.extensions.get("redis"), settings.sse_streams_per_user)
-
-    @app.while_serving
-    async def _close_on_shutdown() -> AsyncGenerator[None, None]:
-        yield
-        streams: Streams | None = app.extensions.get("streams")
-        if streams is not None:
-            streams.end_all()
+        streams = app.extensions["streams"] = Streams(
+            app.extensions.get("redis"), settings.sse_streams_per_user
+        )
+        # Shutting down: every stream ends now, so its client reconnects to another instance.
+        draining.current(app).on_start(streams.end_all)

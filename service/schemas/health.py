@@ -22,7 +22,8 @@ class CheckOut(BaseModel):
 
 
 class ReadinessOut(BaseModel):
-    status: Literal["ready", "not_ready"]
+    # "draining": the instance is shutting down; load balancers should stop sending it requests.
+    status: Literal["ready", "not_ready", "draining"]
     timestamp: datetime
     checks: dict[str, CheckOut] = Field(
         examples=[
