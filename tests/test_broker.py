@@ -526,6 +526,15 @@ if REDIS_URL:
             with pytest.raises(SubscriberLagged):
                 await writer.replay(old[0])
 
+    async def test_an_empty_lost_stream_is_not_taken_for_no_news(brokers: Brokers) -> None:
+        writer = await brokers.redis()
+        old = await writer.append([envelope(0), envelope(1)])
+        await brokers.client().delete(brokers.prefix)  # Redis restarted empty; nothing appended since
+
+        with pytest.raises(SubscriberLagged):
+            await writer.replay(old[0])
+        assert await writer.replay("0") == []
+
     async def _listener_id(admin: Redis, name: str) -> str:
         """The Redis client id of the listener connection called `name`, once it is connected."""
         async with asyncio.timeout(WAIT):

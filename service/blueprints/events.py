@@ -7,7 +7,7 @@ import uuid
 from quart import Blueprint, Response, current_app, make_response, request
 from quart_schema import tag_blueprint, validate_querystring
 
-from service import config, errors, identity, permissions
+from service import config, draining, errors, identity, permissions
 from service.events import stream
 from service.events.broker import event_id_key
 from service.schemas.events import EventQuery

@@ -255,6 +255,10 @@ class RedisBroker:
                     f"the log no longer holds the events after {format_event_id(after_key)}"
                 )
             events.append(event)
+        if not events and after_key != (0, 0) and await self._first_key() is None:
+            # An empty stream (lost with Redis and not yet written again, or trimmed empty) cannot say
+            # whether anything came after `after`.
+            raise SubscriberLagged(f"the log holds nothing to continue {format_event_id(after_key)} from")
         return events
 
     async def _first_key(self) -> tuple[int, int] | None:
