@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint openapi clean
+.PHONY: run demo test lint openapi clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ run: $(VENV)/.run-installed
 	$(BIN)/alembic upgrade head
 	@echo "Switchboard: http://$(HOST):$(PORT)  API docs: http://$(HOST):$(PORT)/docs"
 	$(BIN)/hypercorn --config hypercorn.toml --workers 1 --bind $(HOST):$(PORT) "service:create_app()"
+
+demo: $(VENV)/.run-installed  ## demo agents at work against `make run` (in a second terminal; DEMO_ARGS="--agents 12")
+	$(BIN)/quart --app service demo --url http://$(HOST):$(PORT) $(DEMO_ARGS)
 
 test: $(VENV)/.test-installed
 	$(BIN)/pytest $(PYTEST_ARGS)

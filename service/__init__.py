@@ -23,7 +23,7 @@ from service import (
     redis_client,
 )
 from service.application import Switchboard
-from service.blueprints import api, auth, docs, health
+from service.blueprints import api, auth, dashboard, docs, health
 from service.config import ConfigError, Settings
 from service.events import outbox, stream
 from service.services import notifications, retention, sweeper
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Switchboard:
     app.register_blueprint(docs.blueprint)
     app.register_blueprint(auth.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(dashboard.blueprint)
     return app
 
 

@@ -1,7 +1,8 @@
 """Who is calling: quart-auth's `current_user`, resolved from a bearer JWT (API clients) or quart-auth's
 signed cookie (the dashboard), and the `permission_required` / `role_required` decorators.
 
-Route code never parses tokens: it uses the decorators and `current()`.
+Route code never parses tokens: it uses the decorators and `current()`, which also refuses an unsafe
+request the cookie authenticates unless it carries the session's CSRF token (service/csrf.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from quart_auth import Action, AuthUser, QuartAuth, current_user
 from quart_schema import security_scheme
 from sqlalchemy import select
 
-from service import config, db, errors, tokens
+from service import config, csrf, db, errors, tokens
 from service.cache import Cache, MemoryCache, RedisCache
 from service.config import Settings
 from service.models.agents import Agent
@@ -82,6 +83,11 @@ class Principal(AuthUser):
     @property
     async def is_authenticated(self) -> bool:
         return await self.identity() is not None
+
+    @property
+    def by_cookie(self) -> bool:
+        """Whether the browser's cookie (sent whichever site asked) is the credential, not a bearer."""
+        return self._bearer is None and self.auth_id is not None
 
     async def identity(self) -> Identity | None:
         """The user behind the credentials; None for an agent's token or none at all."""
@@ -262,11 +268,14 @@ async def current() -> Identity:
 
     Raises:
         Unauthorized: no valid, live credentials.
+        CSRFRefused: an unsafe request authenticated by the cookie, without the session's CSRF token.
     """
     principal = current_principal()
     found = await principal.identity()
     if found is None:
         raise errors.Unauthorized()
+    if principal.by_cookie and found.session_id is not None:
+        await csrf.require_session_token(found.session_id)
     g.user_id = str(found.user_id)
     return found
 

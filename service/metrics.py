@@ -45,7 +45,7 @@ sse_subscribers = Gauge("sse_subscribers", "Open server-sent event streams.", mu
 events_published_total = Counter("events_published_total", "Events the relay handed to the event log.")
 event_delivery_lag_seconds = Histogram(
     "event_delivery_lag_seconds",
-    "From the change's commit to the event's first delivery to a subscriber of this process.",
+    "From the change's recording (in its transaction) to the event's first delivery to a subscriber here.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 

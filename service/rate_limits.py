@@ -1,5 +1,6 @@
-"""Rate limits (quart-rate-limiter): a default per caller on every route, stricter ones on login and
-registration, kept in Redis so every worker and instance counts together.
+"""Rate limits (quart-rate-limiter): a default per caller on every route, stricter ones on login (the API's
+and the dashboard's, counted together) and registration, kept in Redis so every worker and instance
+counts together.
 
 A request over a limit gets `429 RATE_LIMITED` with `Retry-After`; responses of limited routes carry
 `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`. The operations routes (health, metrics,
@@ -175,7 +176,13 @@ class _Limiter(RateLimiter):
 
     def __init__(self, named: dict[str, list[RateLimit]], **options: Any) -> None:
         self._named = named
+        self._group = {id(limit): name for name, limits in named.items() for limit in limits}
         super().__init__(**options)
+
+    async def _create_key(self, endpoint: str, rate_limit: RateLimit) -> str:
+        # The library counts per endpoint; a named limit counts per name instead, so every route that
+        # carries it shares one count (the API's and the dashboard's login: one allowance, two doors).
+        return await super()._create_key(self._group.get(id(rate_limit), endpoint), rate_limit)
 
     def _get_limits_for_view_function(
         self, view_func: Callable[..., Any] | None, blueprint: SansioBlueprint | None
@@ -246,9 +253,15 @@ async def _login_address_key() -> str:
 
 
 async def _login_username_key() -> str:
-    """The username being tried, so a password guesser cannot reset its count by changing address."""
+    """The username being tried, so a password guesser cannot reset its count by changing address.
+
+    From the JSON body (the API) or the form (the dashboard): both logins share one count.
+    """
     try:
-        body = await request.get_json(silent=True)
+        if request.mimetype == "application/x-www-form-urlencoded":
+            body: object = await request.form
+        else:
+            body = await request.get_json(silent=True)
     except (ValueError, HTTPException):
         # Not UTF-8, too large or too slow: the route itself answers 400, 413 or 408 next.
         body = None

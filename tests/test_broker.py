@@ -251,6 +251,15 @@ async def test_duplicate_outbox_id_is_appended_and_delivered_once(broker: Broker
     assert numbers(await broker.replay("0")) == [1, 2, 3, 4]
 
 
+async def test_a_reused_outbox_id_with_new_content_is_a_new_event(broker: Broker) -> None:
+    """A database restored from a backup gives its row ids out again: the new event must still go out."""
+    [first] = await broker.append([envelope(1)])
+    [reused] = await broker.append([Envelope(outbox_id=1, type="agent.updated", data={"n": 2}, topic="a1")])
+
+    assert reused != first
+    assert numbers(await broker.replay("0")) == [1, 2]
+
+
 async def test_leaving_a_subscription_unregisters_it(broker: Broker) -> None:
     async with broker.subscribe(frozenset({"a1"})), broker.subscribe(None):
         assert broker.subscriber_count == 2

@@ -59,8 +59,11 @@ def _created(agent: Agent, token: str, message: str) -> Success[AgentCreatedOut]
 @validate_request(AgentIn)
 @validate_response(Success[AgentCreatedOut], 201)
 async def create_agent(data: AgentIn) -> tuple[Success[AgentCreatedOut], int]:
-    """Register an agent. The answer holds its `agent_token` this once (only a hash is kept): the agent
-    sends it as `Authorization: Bearer …` with its heartbeats. 409 when a live agent has the name."""
+    """Register an agent.
+
+    The answer holds its `agent_token` this once (only a hash is kept): the agent sends it as
+    `Authorization: Bearer …` with its heartbeats. 409 when a live agent has the name.
+    """
     agent, token = await agents.create_agent(db.session(), await identity.current(), data)
     return _created(agent, token, "Agent registered; store its token now."), 201
 
@@ -70,7 +73,10 @@ async def create_agent(data: AgentIn) -> tuple[Success[AgentCreatedOut], int]:
 @validate_querystring(AgentQuery)
 @validate_response(Page[AgentOut])
 async def list_agents(query_args: AgentQuery) -> Page[AgentOut]:
-    """Agents, filtered by `status`, `capability` and `q` (part of the name)."""
+    """List agents.
+
+    Filtered by `status`, `capability` and `q` (part of the name), in the order `sort` names.
+    """
     found, total = await agents.list_agents(db.session(), query_args)
     return Page[AgentOut].of(await _views(found), query_args, total)
 
@@ -79,7 +85,10 @@ async def list_agents(query_args: AgentQuery) -> Page[AgentOut]:
 @identity.permission_required(permissions.AGENTS_READ)
 @validate_response(Success[SummaryOut])
 async def get_summary() -> Success[SummaryOut]:
-    """The fleet at a glance: live agents by status and open assignments by status."""
+    """Summarise the fleet.
+
+    Live agents by status and open assignments by status.
+    """
     return Success[SummaryOut](data=SummaryOut(**await agents.summary(db.session())))
 
 
@@ -90,8 +99,11 @@ async def get_summary() -> Success[SummaryOut]:
 async def create_registration_token(
     data: RegistrationTokenIn,
 ) -> tuple[Success[RegistrationTokenCreatedOut], int]:
-    """A token agents exchange at `POST /api/v1/agents/register` for their own record, as CI runners do:
-    it expires, can be revoked, and can be single-use. Shown this once."""
+    """Create a registration token for agents.
+
+    Agents exchange it at `POST /api/v1/agents/register` for their own record, as CI runners do: it expires,
+    can be revoked, and can be single-use. Shown this once.
+    """
     token, secret = await agents.create_registration_token(db.session(), await identity.current(), data)
     out = RegistrationTokenCreatedOut(**RegistrationTokenOut.model_validate(token).model_dump(), token=secret)
     return Success[RegistrationTokenCreatedOut](data=out), 201
@@ -102,7 +114,10 @@ async def create_registration_token(
 @validate_querystring(PageQuery)
 @validate_response(Page[RegistrationTokenOut])
 async def list_registration_tokens(query_args: PageQuery) -> Page[RegistrationTokenOut]:
-    """Registration tokens not revoked, newest first (never the secrets)."""
+    """List registration tokens.
+
+    Those not revoked, newest first; never the secrets.
+    """
     found, total = await agents.list_registration_tokens(db.session(), query_args.page, query_args.per_page)
     return Page[RegistrationTokenOut].of(
         [RegistrationTokenOut.model_validate(t) for t in found], query_args, total
@@ -113,7 +128,10 @@ async def list_registration_tokens(query_args: PageQuery) -> Page[RegistrationTo
 @identity.permission_required(permissions.AGENTS_WRITE)
 @validate_response(Success[None])
 async def revoke_registration_token(token_id: uuid.UUID) -> Success[None]:
-    """Revoke a registration token: agents can no longer register with it."""
+    """Revoke a registration token.
+
+    Agents can no longer register with it.
+    """
     await agents.revoke_registration_token(db.session(), token_id)
     return Success[None](data=None, message="Registration token revoked.")
 
@@ -122,9 +140,10 @@ async def revoke_registration_token(token_id: uuid.UUID) -> Success[None]:
 @validate_request(AgentRegisterIn)
 @validate_response(Success[AgentCreatedOut], 201)
 async def register_agent(data: AgentRegisterIn) -> tuple[Success[AgentCreatedOut], int]:
-    """An agent registers itself with a registration token and gets its own `agent_token`.
+    """Register an agent with a registration token.
 
-    Capabilities default to the token's. 401 for an unknown, expired, revoked or used-up token.
+    For the agent itself, which gets its own `agent_token` (shown this once). Capabilities default to the
+    token's. 401 for an unknown, expired, revoked or used-up token; 409 when a live agent has the name.
     """
     agent, token = await agents.register_with_token(db.session(), data)
     return _created(agent, token, "Agent registered; store its token now."), 201
@@ -134,7 +153,10 @@ async def register_agent(data: AgentRegisterIn) -> tuple[Success[AgentCreatedOut
 @identity.permission_required(permissions.AGENTS_READ)
 @validate_response(Success[AgentOut])
 async def get_agent(agent_id: uuid.UUID) -> Success[AgentOut]:
-    """One agent, with its live status, load and last heartbeat."""
+    """Get one agent.
+
+    With its live status, load and last heartbeat.
+    """
     return Success[AgentOut](data=await _one(await agents.get_agent(db.session(), agent_id)))
 
 
@@ -143,8 +165,11 @@ async def get_agent(agent_id: uuid.UUID) -> Success[AgentOut]:
 @validate_request(AgentPatch)
 @validate_response(Success[AgentOut])
 async def patch_agent(agent_id: uuid.UUID, data: AgentPatch) -> Success[AgentOut]:
-    """Change an agent: name, capabilities, capacity, metadata, or its `mode` — `paused` (no new work;
-    with `pause_note` and an optional `resume_at`), `draining` (keeps its work, gets none new) or `active`."""
+    """Change an agent.
+
+    Its name, capabilities, capacity, metadata, or its `mode`: `paused` (no new work; with `pause_note` and an
+    optional `resume_at`), `draining` (keeps its work, gets none new) or `active`.
+    """
     agent = await agents.update_agent(db.session(), agent_id, data.model_dump(exclude_unset=True))
     return Success[AgentOut](data=await _one(agent), message="Agent updated.")
 
@@ -153,7 +178,10 @@ async def patch_agent(agent_id: uuid.UUID, data: AgentPatch) -> Success[AgentOut
 @identity.permission_required(permissions.AGENTS_WRITE)
 @validate_response(Success[None])
 async def delete_agent(agent_id: uuid.UUID) -> Success[None]:
-    """Soft-delete an agent: its token stops working and the work it held goes back to pending."""
+    """Soft-delete an agent.
+
+    Its token stops working and the work it held goes back to pending.
+    """
     requeued = await agents.delete_agent(db.session(), presence.current(), agent_id)
     return Success[None](data=None, message=f"Agent deleted; {len(requeued)} assignment(s) back to pending.")
 
@@ -162,7 +190,10 @@ async def delete_agent(agent_id: uuid.UUID) -> Success[None]:
 @identity.permission_required(permissions.AGENTS_WRITE)
 @validate_response(Success[AgentCreatedOut])
 async def rotate_agent_token(agent_id: uuid.UUID) -> Success[AgentCreatedOut]:
-    """Give the agent a new token; the old one is refused from now on, everywhere."""
+    """Rotate an agent's token.
+
+    The answer holds the new `agent_token` this once; the old one is refused from now on, everywhere.
+    """
     agent, token = await agents.rotate_token(db.session(), agent_id)
     return _created(agent, token, "Token rotated; store the new one now.")
 
@@ -172,10 +203,11 @@ async def rotate_agent_token(agent_id: uuid.UUID) -> Success[AgentCreatedOut]:
 @validate_request(HeartbeatIn)
 @validate_response(Success[HeartbeatOut])
 async def post_heartbeat(agent_id: uuid.UUID, data: HeartbeatIn) -> Success[HeartbeatOut]:
-    """The agent says it is alive (`Authorization: Bearer <agent_token>`, its own agent only).
+    """Send an agent's heartbeat.
 
-    Answers with its open assignments and the interval the server wants between heartbeats. A change of
-    status is published to event subscribers; an unchanged beat writes nothing to the database.
+    With the agent's own token (`Authorization: Bearer <agent_token>`), for its own record only. Answers with
+    its open assignments and the interval the server wants between heartbeats. A change of status is
+    published to event subscribers; an unchanged beat writes nothing to the database.
     """
     agent, work = await agents.record_heartbeat(
         db.session(), presence.current(), await identity.current_agent(), agent_id, data
@@ -193,6 +225,9 @@ async def post_heartbeat(agent_id: uuid.UUID, data: HeartbeatIn) -> Success[Hear
 @validate_querystring(PageQuery)
 @validate_response(Page[AssignmentOut])
 async def list_agent_assignments(agent_id: uuid.UUID, query_args: PageQuery) -> Page[AssignmentOut]:
-    """The agent's work, newest first: what it holds and what it finished."""
+    """List an agent's assignments.
+
+    Newest first: what it holds and what it finished.
+    """
     found, total = await agents.history(db.session(), agent_id, query_args.page, query_args.per_page)
     return Page[AssignmentOut].of([AssignmentOut.model_validate(a) for a in found], query_args, total)

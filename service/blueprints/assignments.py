@@ -13,7 +13,7 @@ from quart_schema import (
     validate_response,
 )
 
-from service import db, identity, permissions
+from service import db, identity, openapi, permissions
 from service.models.assignments import IdempotencyKey
 from service.schemas.assignments import (
     AssignmentIn,
@@ -36,6 +36,12 @@ def _one(assignment: object, message: str | None = None) -> Success[AssignmentOu
 
 
 @blueprint.post("")
+@openapi.request_header(
+    "Idempotency-Key",
+    "Makes retries safe: a retry with the same key (and body) answers as the first request did, "
+    "creating nothing more; the same key with another body is a 409.",
+    "3f0c9a7e-build-42",
+)
 @identity.permission_required(permissions.ASSIGNMENTS_WRITE)
 @validate_request(AssignmentIn)
 @validate_response(Success[AssignmentOut], 201)
@@ -71,7 +77,10 @@ async def create_assignment(data: AssignmentIn) -> tuple[Success[AssignmentOut] 
 @validate_querystring(AssignmentQuery)
 @validate_response(Page[AssignmentOut])
 async def list_assignments(query_args: AssignmentQuery) -> Page[AssignmentOut]:
-    """Assignments, newest first, filtered by `status` and `agent_id`."""
+    """List assignments.
+
+    Newest first, filtered by `status` and `agent_id`.
+    """
     found, total = await assignments.list_assignments(db.session(), query_args)
     return Page[AssignmentOut].of([AssignmentOut.model_validate(a) for a in found], query_args, total)
 
@@ -80,7 +89,7 @@ async def list_assignments(query_args: AssignmentQuery) -> Page[AssignmentOut]:
 @identity.permission_required(permissions.ASSIGNMENTS_READ)
 @validate_response(Success[AssignmentOut])
 async def get_assignment(assignment_id: uuid.UUID) -> Success[AssignmentOut]:
-    """One assignment."""
+    """Get one assignment."""
     return _one(await assignments.get_assignment(db.session(), assignment_id))
 
 
@@ -99,8 +108,11 @@ _AGENT_OR_OPERATOR = security_scheme([{"bearerAuth": []}])
 @_AGENT_OR_OPERATOR
 @validate_response(Success[AssignmentOut])
 async def accept_assignment(assignment_id: uuid.UUID) -> Success[AssignmentOut]:
-    """The agent accepts work it was given (its own agent token, or an operator). 409 names the current
-    state when the work is not `assigned`."""
+    """Accept assigned work.
+
+    By the agent it was given to (with its own agent token), or an operator. 409 names the current state when
+    the work is not `assigned`.
+    """
     return await _move(assignment_id, "accept")
 
 
@@ -108,7 +120,10 @@ async def accept_assignment(assignment_id: uuid.UUID) -> Success[AssignmentOut]:
 @_AGENT_OR_OPERATOR
 @validate_response(Success[AssignmentOut])
 async def start_assignment(assignment_id: uuid.UUID) -> Success[AssignmentOut]:
-    """Work begins (from `assigned` or `accepted`)."""
+    """Start work.
+
+    From `assigned` or `accepted`; by its agent or an operator.
+    """
     return await _move(assignment_id, "start")
 
 
@@ -117,7 +132,10 @@ async def start_assignment(assignment_id: uuid.UUID) -> Success[AssignmentOut]:
 @validate_request(CompleteIn)
 @validate_response(Success[AssignmentOut])
 async def complete_assignment(assignment_id: uuid.UUID, data: CompleteIn) -> Success[AssignmentOut]:
-    """Work is done, with an optional `result`; the agent's capacity frees and pending work may follow."""
+    """Complete work.
+
+    With an optional `result`; the agent's capacity frees and pending work may follow.
+    """
     return await _move(assignment_id, "complete", {"result": data.result})
 
 
@@ -126,7 +144,10 @@ async def complete_assignment(assignment_id: uuid.UUID, data: CompleteIn) -> Suc
 @validate_request(FailIn)
 @validate_response(Success[AssignmentOut])
 async def fail_assignment(assignment_id: uuid.UUID, data: FailIn) -> Success[AssignmentOut]:
-    """Work failed, with an `error` saying why."""
+    """Fail work.
+
+    With an `error` saying why; the agent's capacity frees and pending work may follow.
+    """
     return await _move(assignment_id, "fail", {"error": data.error})
 
 
@@ -135,8 +156,10 @@ async def fail_assignment(assignment_id: uuid.UUID, data: FailIn) -> Success[Ass
 @validate_request(CancelIn)
 @validate_response(Success[AssignmentOut])
 async def cancel_assignment(assignment_id: uuid.UUID, data: CancelIn) -> Success[AssignmentOut]:
-    """Cancel open work (operators; an agent gets 403 and fails its work instead). The agent holding it
-    is freed and may get pending work."""
+    """Cancel open work (operators).
+
+    An agent gets 403 and fails its work instead. The agent holding it is freed and may get pending work.
+    """
     return await _move(assignment_id, "cancel", {"error": data.reason} if data.reason else None)
 
 
@@ -145,6 +168,9 @@ async def cancel_assignment(assignment_id: uuid.UUID, data: CancelIn) -> Success
 @validate_request(ReassignIn)
 @validate_response(Success[AssignmentOut])
 async def reassign_assignment(assignment_id: uuid.UUID, data: ReassignIn) -> Success[AssignmentOut]:
-    """Give open work to another agent (`agent_id`), or to the best free one, or back to pending."""
+    """Reassign open work.
+
+    To another agent (`agent_id`), or to the best free one, or back to pending.
+    """
     moved = await assignments.reassign(db.session(), await identity.current(), assignment_id, data.agent_id)
     return _one(moved, "Assignment reassigned.")

@@ -19,7 +19,11 @@ tag_blueprint(blueprint, ["audit"])
 @validate_querystring(AuditQuery)
 @validate_response(Page[AuditEventOut])
 async def list_audit_events(query_args: AuditQuery) -> Page[AuditEventOut]:
-    """Who did what to whom, from where and in which request: logins and their failures, logouts,
-    refresh-token reuse, password changes and resets, role changes, deletions. Newest first."""
+    """List the audit log.
+
+    Who did what to whom, from where and in which request: logins and their failures, logouts, refresh-token
+    reuse, password changes and resets, role changes, deletions. Newest first, filtered by `action`,
+    `actor_id`, `target_id`, `since` and `until`.
+    """
     found, total = await audit.list_events(db.session(), query_args)
     return Page[AuditEventOut].of([AuditEventOut.model_validate(event) for event in found], query_args, total)

@@ -88,7 +88,11 @@ async def refresh(data: RefreshIn) -> Success[TokenPairOut]:
 @identity.login_required
 @validate_response(Success[None])
 async def logout() -> Success[None]:
-    """End this login session: its access and refresh tokens are refused from now on, everywhere."""
+    """Log out: end this login session.
+
+    Its access and refresh tokens are refused from now on, everywhere. 403 for a personal API token, which has
+    no login session (revoke the token instead).
+    """
     await accounts.logout(db.session(), await identity.current(), identity.client())
     return Success[None](data=None, message="Logged out.")
 
@@ -97,7 +101,10 @@ async def logout() -> Success[None]:
 @identity.login_required
 @validate_response(Success[MeOut])
 async def get_me() -> Success[MeOut]:
-    """The current user, with roles and permissions."""
+    """Get the current user.
+
+    With roles and permissions, and whether the email address is confirmed.
+    """
     caller = await identity.current()
     user = await accounts.get_user(db.session(), caller.user_id)
     return Success[MeOut](data=MeOut.from_user(user))
@@ -135,7 +142,10 @@ async def reset_password(data: ResetPasswordIn) -> Success[None]:
 @validate_request(VerifyEmailIn)
 @validate_response(Success[UserOut])
 async def verify_email(data: VerifyEmailIn) -> Success[UserOut]:
-    """Confirm an email address with the token from a verification link (400 when invalid or used)."""
+    """Confirm an email address.
+
+    Send the token from a verification link; 400 when it is invalid, used or expired.
+    """
     user = await account_mail.verify_email(db.session(), data.token, identity.client())
     return Success[UserOut](data=UserOut.from_user(user), message="Email address confirmed.")
 
@@ -144,7 +154,10 @@ async def verify_email(data: VerifyEmailIn) -> Success[UserOut]:
 @validate_request(ForgotPasswordIn)
 @validate_response(Success[None], 202)
 async def resend_verification(data: ForgotPasswordIn) -> tuple[Success[None], int]:
-    """Mail a new verification link; always the same 202, whether or not the address has an account."""
+    """Mail a new email verification link.
+
+    Always the same 202, whether or not the address has an account.
+    """
     await account_mail.resend_verification(
         db.session(), config.current(), mail.current_mailer(), str(data.email)
     )
@@ -178,7 +191,10 @@ async def create_api_token(data: ApiTokenIn) -> tuple[Success[ApiTokenCreatedOut
 @validate_querystring(PageQuery)
 @validate_response(Page[ApiTokenOut])
 async def list_api_tokens(query_args: PageQuery) -> Page[ApiTokenOut]:
-    """Your personal API tokens that are not revoked, newest first (never the secrets)."""
+    """List your personal API tokens.
+
+    Those not revoked, newest first; never the secrets.
+    """
     found, total = await api_tokens.list_tokens(
         db.session(), await identity.current(), query_args.page, query_args.per_page
     )
@@ -189,6 +205,9 @@ async def list_api_tokens(query_args: PageQuery) -> Page[ApiTokenOut]:
 @identity.login_required
 @validate_response(Success[None])
 async def revoke_api_token(token_id: uuid.UUID) -> Success[None]:
-    """Revoke one of your personal API tokens: refused everywhere from now on."""
+    """Revoke one of your personal API tokens.
+
+    It is refused everywhere from now on.
+    """
     await api_tokens.revoke_token(db.session(), await identity.current(), token_id, identity.client())
     return Success[None](data=None, message="Token revoked.")

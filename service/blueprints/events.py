@@ -7,7 +7,7 @@ import uuid
 from quart import Blueprint, Response, current_app, make_response, request
 from quart_schema import tag_blueprint, validate_querystring
 
-from service import config, draining, errors, identity, permissions
+from service import config, draining, errors, identity, openapi, permissions
 from service.events import stream
 from service.events.broker import event_id_key
 from service.schemas.events import EventQuery
@@ -17,17 +17,24 @@ tag_blueprint(blueprint, ["events"])
 
 
 @blueprint.get("")
+@openapi.event_stream
+@openapi.request_header(
+    "Last-Event-ID",
+    "The id of the last event received: the stream resumes after it, with no gap and no duplicate.",
+    "1772442847512-0",
+)
 @identity.permission_required(permissions.EVENTS_READ)
 @validate_querystring(EventQuery)
 async def stream_events(query_args: EventQuery) -> Response:
-    """Watch changes live as `text/event-stream` (a bearer token, or the dashboard's session cookie).
+    """Watch changes live (server-sent events).
 
-    Filter with `agent_id` and `types` (comma list). Each message has `id:`, `event:` (the type) and
-    `data:` (the event as JSON: `id`, `type`, `time`, `data`, `request_id`). A `: ping` comment comes
-    every 15 seconds. Reconnect with the `Last-Event-ID` header (or `last_event_id` in the query) to
-    resume with no gap and no duplicate, on any instance, within the retention window; beyond it, or if
-    the stream cannot continue without a gap, an `event: reset` says to reload and subscribe afresh.
-    Logging out or revoking the session ends the stream. 429 beyond the open streams allowed per user.
+    Authenticate with a bearer token, or the dashboard's session cookie. Filter with `agent_id` and `types`
+    (comma list). Each message has `id:`, `event:` (the type) and `data:` (the event as JSON: `id`, `type`,
+    `time`, `data`, `request_id`). A `: ping` comment comes every 15 seconds. Reconnect with the
+    `Last-Event-ID` header (or `last_event_id` in the query) to resume with no gap and no duplicate, on any
+    instance, within the retention window; beyond it, or if the stream cannot continue without a gap, an
+    `event: reset` says to reload and subscribe afresh. Logging out or revoking the session ends the stream.
+    429 beyond the open streams allowed per user.
     """
     caller = await identity.current()
     settings = config.current()

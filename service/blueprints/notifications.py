@@ -22,8 +22,11 @@ tag_blueprint(blueprint, ["notifications"])
 @validate_querystring(NotificationQuery)
 @validate_response(Page[NotificationOut])
 async def list_notifications(query_args: NotificationQuery) -> Page[NotificationOut]:
-    """Notifications (work assigned, agent offline) per channel, newest first, filtered by `status`,
-    `kind` and `channel`. `status=failed` lists those given up on, with the last error of each."""
+    """List notifications.
+
+    Work assigned and agents gone offline, per channel, newest first, filtered by `status`, `kind` and
+    `channel`. `status=failed` lists those given up on, with the last error of each.
+    """
     found, total = await notifications.list_notifications(db.session(), query_args)
     return Page[NotificationOut].of(
         [NotificationOut.model_validate(item) for item in found], query_args, total
@@ -34,9 +37,9 @@ async def list_notifications(query_args: NotificationQuery) -> Page[Notification
 @identity.permission_required(permissions.AGENTS_WRITE)
 @validate_response(Success[NotificationOut])
 async def retry_notification(notification_id: uuid.UUID) -> Success[NotificationOut]:
-    """Queue a failed notification again, due now, with a fresh set of attempts.
+    """Retry a failed notification.
 
-    409 CONFLICT when it has not failed.
+    It is queued again, due now, with a fresh set of attempts. 409 `CONFLICT` when it has not failed.
     """
     notification = await notifications.retry(db.session(), notification_id)
     return Success[NotificationOut](

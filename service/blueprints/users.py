@@ -27,9 +27,10 @@ tag_blueprint(blueprint, ["users"])
 @validate_querystring(UserQuery)
 @validate_response(Page[UserOut])
 async def list_users(query_args: UserQuery) -> Page[UserOut]:
-    """List users, paginated, filtered by `q` (part of the username or email), `role` and `is_active`.
+    """List users.
 
-    Without `users:read` the list holds only yourself. `include_deleted=true` needs `users:write`.
+    Paginated, filtered by `q` (part of the username or email), `role` and `is_active`. Without `users:read`
+    the list holds only yourself. `include_deleted=true` needs `users:write`.
     """
     found, total = await users.list_users(db.session(), await identity.current(), query_args)
     return Page[UserOut].of([UserOut.from_user(user) for user in found], query_args, total)
@@ -40,7 +41,11 @@ async def list_users(query_args: UserQuery) -> Page[UserOut]:
 @validate_request(UserCreateIn)
 @validate_response(Success[UserOut], 201)
 async def create_user(data: UserCreateIn) -> tuple[Success[UserOut], int]:
-    """Create a user (admins), choosing roles and activity; the password policy applies."""
+    """Create a user (admins).
+
+    Roles and activity may be chosen at once; the password policy applies. 409 when the username or email is
+    taken.
+    """
     user = await users.create_user(
         db.session(),
         config.current(),
@@ -56,7 +61,10 @@ async def create_user(data: UserCreateIn) -> tuple[Success[UserOut], int]:
 @identity.login_required
 @validate_response(Success[UserOut])
 async def get_user(user_id: uuid.UUID) -> Success[UserOut]:
-    """One user. 404 for users you may not see."""
+    """Get one user.
+
+    404 for users you may not see.
+    """
     user = await users.visible_user(db.session(), await identity.current(), user_id)
     return Success[UserOut](data=UserOut.from_user(user))
 
@@ -93,7 +101,10 @@ async def patch_user(user_id: uuid.UUID, data: UserPatchIn) -> Success[UserOut]:
 @validate_request(UserPutIn)
 @validate_response(Success[UserOut])
 async def put_user(user_id: uuid.UUID, data: UserPutIn) -> Success[UserOut]:
-    """Replace a user's editable fields (`username` and `email` required); the rules of PATCH apply."""
+    """Replace a user's editable fields.
+
+    `username` and `email` are required; the rules of PATCH apply.
+    """
     return await _update(user_id, data)
 
 
@@ -101,9 +112,9 @@ async def put_user(user_id: uuid.UUID, data: UserPutIn) -> Success[UserOut]:
 @identity.permission_required(permissions.USERS_WRITE)
 @validate_response(Success[None])
 async def delete_user(user_id: uuid.UUID) -> Success[None]:
-    """Soft-delete a user (admins): every session ends at once, and the user vanishes from lists.
+    """Soft-delete a user (admins).
 
-    409 for the last active admin.
+    Every session ends at once, and the user vanishes from lists. 409 for the last active admin.
     """
     await users.delete_user(db.session(), await identity.current(), user_id, identity.client())
     return Success[None](data=None, message="User deleted.")
@@ -113,7 +124,10 @@ async def delete_user(user_id: uuid.UUID) -> Success[None]:
 @identity.permission_required(permissions.USERS_WRITE)
 @validate_response(Success[UserOut])
 async def restore_user(user_id: uuid.UUID) -> Success[UserOut]:
-    """Restore a soft-deleted user (admins). 409 when a live user took the username or email meanwhile."""
+    """Restore a soft-deleted user (admins).
+
+    409 when a live user took the username or email meanwhile.
+    """
     user = await users.restore_user(db.session(), await identity.current(), user_id, identity.client())
     return Success[UserOut](data=UserOut.from_user(user), message="User restored.")
 
@@ -123,7 +137,10 @@ async def restore_user(user_id: uuid.UUID) -> Success[UserOut]:
 @validate_querystring(PageQuery)
 @validate_response(Page[SessionOut])
 async def list_user_sessions(user_id: uuid.UUID, query_args: PageQuery) -> Page[SessionOut]:
-    """A user's live login sessions, most recently used first (your own, or anyone's for admins)."""
+    """List a user's live login sessions.
+
+    Most recently used first: your own, or anyone's for admins.
+    """
     found, total = await users.list_sessions(
         db.session(), await identity.current(), user_id, query_args.page, query_args.per_page
     )
@@ -134,7 +151,10 @@ async def list_user_sessions(user_id: uuid.UUID, query_args: PageQuery) -> Page[
 @identity.login_required
 @validate_response(Success[None])
 async def revoke_user_sessions(user_id: uuid.UUID) -> Success[None]:
-    """End every login session of a user (your own, or anyone's for admins)."""
+    """End every login session of a user.
+
+    Your own, or anyone's for admins. Their tokens are refused everywhere from now on.
+    """
     ended = await users.revoke_sessions(
         db.session(), await identity.current(), user_id, None, identity.client()
     )
@@ -145,7 +165,10 @@ async def revoke_user_sessions(user_id: uuid.UUID) -> Success[None]:
 @identity.login_required
 @validate_response(Success[None])
 async def revoke_user_session(user_id: uuid.UUID, session_id: uuid.UUID) -> Success[None]:
-    """End one login session of a user: its tokens are refused everywhere from now on."""
+    """End one login session of a user.
+
+    Its tokens are refused everywhere from now on.
+    """
     await users.revoke_sessions(
         db.session(), await identity.current(), user_id, session_id, identity.client()
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -89,6 +90,16 @@ def predecessor(key: tuple[int, int]) -> tuple[int, int]:
     if ms > 0:
         return ms - 1, _MAX_PART
     return 0, 0
+
+
+def dedupe_key(envelope: Envelope, data_json: str) -> str:
+    """What recognises an envelope appended before: its outbox id and a digest of its content.
+
+    The id alone is not enough: a database restored from a backup gives its ids out again, and a new event
+    that reused one would pass for the old one and never be sent.
+    """
+    digest = hashlib.blake2b(f"{envelope.type}\n{data_json}".encode(), digest_size=8).hexdigest()
+    return f"{envelope.outbox_id}:{digest}"
 
 
 def encode_data(envelope: Envelope) -> str:

@@ -17,6 +17,7 @@ from service.events.broker import (
     FanOut,
     SubscriberLagged,
     Subscription,
+    dedupe_key,
     encode_data,
     format_event_id,
     make_event,
@@ -39,8 +40,8 @@ class MemoryBroker:
         # Ids below this are an earlier process's (ids are times): this ring never held them.
         self._origin = predecessor((time.time_ns() // 1_000_000, 0))
         self._last_key: tuple[int, int] = (0, 0)
-        # Outbox id -> the event id it got, so a relay that appends twice gets the same id back.
-        self._appended: OrderedDict[int, str] = OrderedDict()
+        # Dedupe key -> the event id it got, so a relay that appends twice gets the same id back.
+        self._appended: OrderedDict[str, str] = OrderedDict()
         self._dedupe_size = dedupe_size
         self._archive = archive
         self._fanout = FanOut()
@@ -67,12 +68,13 @@ class MemoryBroker:
         encoded = [encode_data(envelope) for envelope in envelopes]
         ids: list[str] = []
         for envelope, data_json in zip(envelopes, encoded, strict=True):
-            seen = self._appended.get(envelope.outbox_id)
+            key = dedupe_key(envelope, data_json)
+            seen = self._appended.get(key)
             if seen is not None:
                 ids.append(seen)
                 continue
             event = make_event(format_event_id(self._next_key()), envelope.type, envelope.topic, data_json)
-            self._remember(envelope.outbox_id, event.id)
+            self._remember(key, event.id)
             if len(self._log) == self._log.maxlen:
                 self._trimmed_through = self._log[0].key
             self._log.append(event)
@@ -112,7 +114,7 @@ class MemoryBroker:
         self._last_key = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
         return self._last_key
 
-    def _remember(self, outbox_id: int, event_id: str) -> None:
-        self._appended[outbox_id] = event_id
+    def _remember(self, key: str, event_id: str) -> None:
+        self._appended[key] = event_id
         if len(self._appended) > self._dedupe_size:
             self._appended.popitem(last=False)

@@ -36,6 +36,7 @@ from service.events.broker import (
     FanOut,
     SubscriberLagged,
     Subscription,
+    dedupe_key,
     encode_data,
     event_id_key,
     format_event_id,
@@ -272,7 +273,13 @@ class RedisBroker:
     async def _append_chunk(
         self, envelopes: Sequence[Envelope], encoded: Sequence[str], after: tuple[int, int]
     ) -> list[str]:
-        keys = [self._key, *(f"{self._key}:outbox:{envelope.outbox_id}" for envelope in envelopes)]
+        keys = [
+            self._key,
+            *(
+                f"{self._key}:outbox:{dedupe_key(item, data)}"
+                for item, data in zip(envelopes, encoded, strict=True)
+            ),
+        ]
         args: list[str | int] = [self._maxlen, self._trim, self._dedupe_ttl, *after]
         for envelope, data_json in zip(envelopes, encoded, strict=True):
             has_topic = envelope.topic is not None

@@ -28,13 +28,45 @@ def json_at_most(limit: int) -> AfterValidator:
     return AfterValidator(check)
 
 
+# Realistic values for the OpenAPI document's examples (they change nothing at run time).
+EXAMPLE_AGENT_ID = "6f1c2a4e-8b3d-4f6a-9c1e-2d7b5a8e4f10"
+ASSIGNMENT_EXAMPLE: dict[str, Any] = {
+    "id": "0b9e7d2c-3f41-4a8e-b6d5-91c2e7f4a3b8",
+    "title": "Transcode batch 42",
+    "payload": {"batch": 42, "source": "s3://media/incoming/42/"},
+    "required_capabilities": ["gpu"],
+    "priority": 10,
+    "status": "assigned",
+    "agent_id": EXAMPLE_AGENT_ID,
+    "assigned_at": "2026-03-02T09:12:41.118000Z",
+    "started_at": None,
+    "finished_at": None,
+    "result": None,
+    "error": None,
+    "attempts": 1,
+    "created_at": "2026-03-02T09:12:40.977000Z",
+    "updated_at": "2026-03-02T09:12:41.118000Z",
+}
+
 Payload = Annotated[dict[str, Any], json_at_most(PAYLOAD_MAX_BYTES)]
 # Capabilities are short machine words ("gpu", "linux", "lang:fr"), compared exactly.
 Capability = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9:._\-]*$")]
 
 
 class AssignmentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Transcode batch 42",
+                    "payload": {"batch": 42, "source": "s3://media/incoming/42/"},
+                    "required_capabilities": ["gpu"],
+                    "priority": 10,
+                }
+            ]
+        },
+    )
 
     title: str = Field(min_length=1, max_length=200, examples=["Transcode batch 42"])
     payload: Payload = Field(default_factory=dict, examples=[{"batch": 42}])
@@ -51,25 +83,36 @@ class AssignmentQuery(PageQuery):
 
 
 class CompleteIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"result": {"output": "s3://media/done/42/", "frames": 18000}}]},
+    )
 
     result: Payload | None = None
 
 
 class FailIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"error": "ffmpeg exited with status 1: unsupported codec"}]},
+    )
 
     error: str = Field(min_length=1, max_length=2000)
 
 
 class CancelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "Superseded by batch 43."}]}
+    )
 
     reason: str | None = Field(default=None, max_length=2000)
 
 
 class ReassignIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"agent_id": "a3d9e1f0-5c27-4b8e-9f14-7e2c6b0d8a51"}]},
+    )
 
     agent_id: uuid.UUID | None = Field(
         default=None, description="The new agent; the service picks when omitted."
@@ -77,7 +120,7 @@ class ReassignIn(BaseModel):
 
 
 class AssignmentOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [ASSIGNMENT_EXAMPLE]})
 
     id: uuid.UUID
     title: str

@@ -22,7 +22,24 @@ class AuditQuery(PageQuery):
 
 
 class AuditEventOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "e2a74c19-0d8b-4f3e-a6c5-3b91f8d27e04",
+                    "action": "login_failed",
+                    "actor_id": "9c3b5e1a-72d4-4f08-b1e6-0a5d8c2f7b93",
+                    "target_type": "user",
+                    "target_id": "9c3b5e1a-72d4-4f08-b1e6-0a5d8c2f7b93",
+                    "ip": "203.0.113.7",
+                    "request_id": "7f2e9a4c1b8d4e6fa3c05d9e8b1f2a47",
+                    "details": {"username": "ada_l", "reason": "wrong_password"},
+                    "created_at": "2026-03-02T08:57:31.442000Z",
+                }
+            ]
+        },
+    )
 
     id: uuid.UUID
     action: str

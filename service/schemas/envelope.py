@@ -13,6 +13,20 @@ from service.pagination import PageQuery
 
 T = TypeVar("T")
 
+# Realistic values for the OpenAPI document's examples (they change nothing at run time).
+METADATA_EXAMPLE: dict[str, Any] = {
+    "timestamp": "2026-03-02T09:14:07.512000Z",
+    "request_id": "3d8db43ef1f94d8a8a861a7087dd3c00",
+}
+PAGINATION_EXAMPLE: dict[str, Any] = {
+    "page": 1,
+    "per_page": 20,
+    "total_pages": 5,
+    "total_items": 93,
+    "has_next": True,
+    "has_prev": False,
+}
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -20,6 +34,8 @@ def _now() -> datetime:
 
 class Metadata(BaseModel):
     """When the response was made and the id of the request it answers (also the X-Request-ID header)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [METADATA_EXAMPLE]})
 
     timestamp: datetime = Field(default_factory=_now)
     request_id: str | None = Field(default_factory=request_ids.current)
@@ -35,6 +51,8 @@ class Success(BaseModel, Generic[T]):
 
 
 class Pagination(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [PAGINATION_EXAMPLE]})
+
     page: int = Field(ge=1, examples=[1])
     per_page: int = Field(ge=1, examples=[20])
     total_pages: int = Field(ge=0, examples=[5])

@@ -270,6 +270,7 @@ async def reassign(
             f"Cannot reassign an assignment that is {assignment.status}.", {"status": assignment.status}
         )
     previous_agent = assignment.agent_id if assignment.status in states.HELD else None
+    before = assignment.status
     taken = await db.conditional_update(
         session, Assignment, Assignment.id == assignment.id, Assignment.status == assignment.status, **_UNHELD
     )
@@ -282,7 +283,12 @@ async def reassign(
     outbox.record(
         session,
         "assignment.assigned" if assignment.agent_id else "assignment.status_changed",
-        {**event_data(assignment), "from_agent_id": str(previous_agent) if previous_agent else None},
+        {
+            **event_data(assignment),
+            "from": before,
+            "to": assignment.status,
+            "from_agent_id": str(previous_agent) if previous_agent else None,
+        },
         assignment.agent_id or previous_agent,
     )
     if previous_agent is not None and previous_agent != assignment.agent_id:

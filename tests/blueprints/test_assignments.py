@@ -11,6 +11,7 @@ from service import db
 from service.application import Switchboard
 from service.models.agents import Agent
 from service.models.assignments import HELD, Assignment
+from service.models.events import OutboxEvent
 
 from ..accounts import signed_in
 from ..fleet import beat, make_agent, make_work, online_agent
@@ -160,6 +161,14 @@ async def test_cancel_and_reassign(client: QuartClient, app: Switchboard) -> Non
     other = second if holder == first else first
     moved = await client.post(f"{WORK}/{work['id']}/reassign", json={"agent_id": other}, headers=operator)
     assert (await moved.get_json())["data"]["agent_id"] == other
+    async with app.extensions["db"].sessionmaker() as session:
+        event = (await session.scalars(select(OutboxEvent).order_by(OutboxEvent.id.desc()).limit(1))).one()
+    assert event.type == "assignment.assigned"
+    assert {k: event.data["data"][k] for k in ("from", "to", "from_agent_id")} == {
+        "from": "assigned",
+        "to": "assigned",
+        "from_agent_id": holder,
+    }
     cancelled = await client.post(
         f"{WORK}/{work['id']}/cancel", json={"reason": "not needed"}, headers=operator
     )

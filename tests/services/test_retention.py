@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from service import db
+from service import background, db
 from service.application import Switchboard
 from service.config import Settings
 from service.events.archive import OutboxArchive
@@ -42,6 +42,8 @@ def _event(seconds: int, *, published: bool = True) -> OutboxEvent:
 
 
 async def _add(app: Switchboard, rows: list[Any]) -> None:
+    # No background relay or purge meanwhile: each test runs the rounds it means to, and no other.
+    await background.loops_of(app).stop()
     database: db.Database = app.extensions["db"]
     async with database.sessionmaker() as session, session.begin():
         session.add_all(rows)
