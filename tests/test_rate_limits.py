@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from service.config import Settings
 from .accounts import PASSWORD, admin_headers, bearer, login, register
 from .conftest import make_settings
 from .fleet import beat, make_agent
+from .servers import free_port
 
 # Small enough to reach in a few requests; the default stays above the others so it is never the
 # limit a login or registration test runs into.
@@ -248,13 +248,6 @@ async def test_redis_failure_falls_back_to_memory_and_still_limits(
     assert warnings[0]["level"] == "warning"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def _redis_server(port: int, directory: Path) -> AsyncIterator[None]:
     """A throwaway redis-server on `port`: the test decides when Redis comes back."""
@@ -285,7 +278,7 @@ async def _redis_server(port: int, directory: Path) -> AsyncIterator[None]:
 
 
 async def test_store_goes_back_to_redis_once_it_answers(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     # from_url, as the app builds its client: without the retries Redis(host=…) adds by default.
     client = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=1, socket_connect_timeout=1)
     store = rate_limits.Store(lambda: client, retry_seconds=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -23,13 +22,7 @@ from service.config import Settings
 
 from .accounts import PASSWORD
 from .conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from .servers import create_admin, free_port, stop_group
 
 
 class Server:
@@ -44,7 +37,7 @@ class Server:
 
 @contextmanager
 def _serve(tmp_path: Path, database_url: str, workers: int, *args: str, **env: str) -> Iterator[Server]:
-    port = _free_port()
+    port = free_port()
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     log = tmp_path / "server.log"
@@ -90,18 +83,12 @@ def _serve(tmp_path: Path, database_url: str, workers: int, *args: str, **env: s
         except httpx.HTTPError:
             time.sleep(0.2)
     else:
-        _stop(process)
+        stop_group(process)
         pytest.fail(f"server did not start:\n{server.output()}")
     try:
         yield server
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
+        stop_group(process)
 
 
 @pytest.fixture
@@ -180,19 +167,7 @@ def test_sigterm_ends_event_streams_at_once_with_a_retry_hint(
     elsewhere) instead of holding the server until its graceful timeout (60 s here) cuts them."""
     env = {"REDIS_URL": settings.redis_url or "", "SECRET_KEY": "server-test-secret-key-0123456789abcdef"}
     with _serve(tmp_path, settings.database_url, 1, "--graceful-timeout", "60", **env) as server:
-        made = subprocess.run(
-            [
-                *(sys.executable, "-m", "quart", "--app", "service", "create-admin"),
-                *("--username", "root", "--email", "root@example.com", "--password", PASSWORD),
-            ],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": settings.database_url, **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert made.returncode == 0, made.stderr
+        create_admin({**os.environ, "DATABASE_URL": settings.database_url, **env})
         login = httpx.post(f"{server.url}/auth/login", json={"username": "root", "password": PASSWORD})
         headers = {"Authorization": f"Bearer {login.json()['data']['access_token']}"}
         lines: list[str] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import db
 from service.events.broker import (
@@ -33,6 +34,22 @@ def as_event(row: OutboxEvent) -> Event:
     return make_event(row.event_id, row.type, row.topic, data_json)
 
 
+async def end_key(session: AsyncSession, *, newest: bool) -> tuple[int, int] | None:
+    """The id of the oldest (or newest) event the archive holds; None when it holds none."""
+    order = (OutboxEvent.event_ms, OutboxEvent.event_seq)
+    found = (
+        await session.execute(
+            select(*order)
+            .where(OutboxEvent.event_ms.is_not(None))
+            .order_by(*(column.desc() if newest else column for column in order))
+            .limit(1)
+        )
+    ).first()
+    if found is None or found[0] is None or found[1] is None:
+        return None
+    return found[0], found[1]
+
+
 class OutboxArchive:
     """Callable as the brokers' `Archive`: events after an id (and below another), oldest first."""
 
@@ -50,17 +67,10 @@ class OutboxArchive:
         """
         try:
             async with self._database.sessionmaker() as session:
-                oldest = (
-                    await session.execute(
-                        select(OutboxEvent.event_ms, OutboxEvent.event_seq)
-                        .where(OutboxEvent.event_ms.is_not(None))
-                        .order_by(OutboxEvent.event_ms, OutboxEvent.event_seq)
-                        .limit(1)
-                    )
-                ).first()
+                oldest = await end_key(session, newest=False)
                 if oldest is None:
                     return []
-                if after < (oldest[0], oldest[1]):
+                if after < oldest:
                     # The row of `after` itself is gone: events just after it may be gone with it.
                     raise SubscriberLagged(
                         f"the archive no longer holds the events after {format_event_id(after)}"

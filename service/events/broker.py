@@ -178,37 +178,6 @@ ReplayFn = Callable[[str, int], Awaitable[list[Event]]]
 # what the broker's log no longer holds. Raises SubscriberLagged past its own retention, BrokerUnavailable
 # when the database cannot be read.
 Archive = Callable[[tuple[int, int], tuple[int, int] | None, int], Awaitable[list[Event]]]
-ReadLog = Callable[[tuple[int, int], int], Awaitable[list[Event]]]
-FirstKey = Callable[[], Awaitable[tuple[int, int] | None]]
-
-
-async def replay_with_archive(
-    read_log: ReadLog, first_key: FirstKey, archive: Archive | None, after: str, limit: int
-) -> list[Event]:
-    """A page of events after `after`: from the broker's log, or, where the log lost them (trimmed, or
-    Redis restarted empty), from the archive up to the log's first entry and then from the log again.
-
-    The archive serves only ids below the log's first entry, so an event appended to the log but whose
-    outbox row is not yet marked published is always read from the log: nothing falls between the two.
-    """
-    after_key = event_id_key(after)
-    try:
-        return await read_log(after_key, limit)
-    except SubscriberLagged:
-        if archive is None:
-            raise
-    for _ in range(3):
-        first = await first_key()
-        page = await archive(after_key, first, limit)
-        if first is None or len(page) == limit:
-            return page
-        try:
-            # The archive has given everything below the log's first entry: the log goes on from there
-            # (and fills the page, since a short page means "nothing more" to the caller).
-            return page + await read_log(predecessor(first), limit - len(page))
-        except SubscriberLagged:
-            continue  # trimmed again meanwhile: the archive covers the new gap
-    raise SubscriberLagged(f"the log moved on while replaying after {after}")
 
 
 class FanOut:
@@ -413,3 +382,63 @@ class Subscription:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class LogBroker:
+    """What both brokers share: this process's fan-out, subscriptions, and replay from the log with the
+    archive behind it. A broker supplies `_read_log` and `_first_key` for its own log."""
+
+    def __init__(self, archive: Archive | None) -> None:
+        self._archive = archive
+        self._fanout = FanOut()
+
+    @property
+    def subscriber_count(self) -> int:
+        return self._fanout.count
+
+    @property
+    def overflow_count(self) -> int:
+        return self._fanout.overflows
+
+    def subscribe(self, topics: frozenset[str] | None, *, maxsize: int = 256) -> Subscription:
+        return Subscription(self._fanout, self.replay, topics, maxsize)
+
+    async def replay(self, after: str, limit: int = REPLAY_PAGE) -> list[Event]:
+        """A page of events after `after`: from the log, or, where the log lost them (trimmed, Redis
+        restarted empty, the process restarted), from the archive up to the log's first entry and then
+        from the log again.
+
+        The archive serves only ids below the log's first entry, so an event appended to the log but whose
+        outbox row is not yet marked published is always read from the log: nothing falls between the two.
+
+        Raises:
+            ValueError: `after` is not an event id.
+            SubscriberLagged: neither the log nor the archive holds the events after `after`.
+            BrokerUnavailable: the log (or the archive) cannot be reached.
+        """
+        after_key = event_id_key(after)
+        try:
+            return await self._read_log(after_key, limit)
+        except SubscriberLagged:
+            if self._archive is None:
+                raise
+        for _ in range(3):
+            first = await self._first_key()
+            page = await self._archive(after_key, first, limit)
+            if first is None or len(page) == limit:
+                return page
+            try:
+                # The archive has given everything below the log's first entry: the log goes on from
+                # there (and fills the page, since a short page means "nothing more" to the caller).
+                return page + await self._read_log(predecessor(first), limit - len(page))
+            except SubscriberLagged:
+                continue  # trimmed again meanwhile: the archive covers the new gap
+        raise SubscriberLagged(f"the log moved on while replaying after {after}")
+
+    async def _read_log(self, after_key: tuple[int, int], limit: int) -> list[Event]:
+        """Up to `limit` events of the log after `after_key`; SubscriberLagged where it lost some."""
+        raise NotImplementedError
+
+    async def _first_key(self) -> tuple[int, int] | None:
+        """The id of the log's oldest entry; None when it holds none."""
+        raise NotImplementedError

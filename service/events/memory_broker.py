@@ -10,25 +10,22 @@ from collections.abc import Sequence
 from operator import attrgetter
 
 from service.events.broker import (
-    REPLAY_PAGE,
     Archive,
     Envelope,
     Event,
-    FanOut,
+    LogBroker,
     SubscriberLagged,
-    Subscription,
     dedupe_key,
     encode_data,
     format_event_id,
     make_event,
     predecessor,
-    replay_with_archive,
 )
 
 _key = attrgetter("key")
 
 
-class MemoryBroker:
+class MemoryBroker(LogBroker):
     """Events in a bounded in-process log, delivered to subscribers as they are appended."""
 
     def __init__(
@@ -43,16 +40,7 @@ class MemoryBroker:
         # Dedupe key -> the event id it got, so a relay that appends twice gets the same id back.
         self._appended: OrderedDict[str, str] = OrderedDict()
         self._dedupe_size = dedupe_size
-        self._archive = archive
-        self._fanout = FanOut()
-
-    @property
-    def subscriber_count(self) -> int:
-        return self._fanout.count
-
-    @property
-    def overflow_count(self) -> int:
-        return self._fanout.overflows
+        super().__init__(archive)
 
     async def start(self) -> None:
         """Nothing to start: appends deliver directly."""
@@ -82,23 +70,11 @@ class MemoryBroker:
             ids.append(event.id)
         return ids
 
-    def subscribe(self, topics: frozenset[str] | None, *, maxsize: int = 256) -> Subscription:
-        return Subscription(self._fanout, self.replay, topics, maxsize)
-
-    async def replay(self, after: str, limit: int = REPLAY_PAGE) -> list[Event]:
-        """Up to `limit` events after `after`, oldest first (from the archive where the ring lost them).
-
-        Raises:
-            ValueError: `after` is not an event id.
-            SubscriberLagged: neither the ring nor the archive holds the events after `after`.
-        """
-        return await replay_with_archive(self._read, self._first_key, self._archive, after, limit)
-
     async def trim(self, before_ms: int) -> None:
         while self._log and self._log[0].key[0] < before_ms:
             self._trimmed_through = self._log.popleft().key
 
-    async def _read(self, after_key: tuple[int, int], limit: int) -> list[Event]:
+    async def _read_log(self, after_key: tuple[int, int], limit: int) -> list[Event]:
         if self._trimmed_through > after_key or (after_key != (0, 0) and after_key < self._origin):
             raise SubscriberLagged(f"the log no longer holds the events after {format_event_id(after_key)}")
         start = bisect.bisect_right(self._log, after_key, key=_key)

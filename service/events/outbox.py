@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import background, config, db, log, metrics, request_ids
 from service.config import Settings
-from service.events.archive import OutboxArchive
+from service.events import archive
 from service.events.broker import Broker, Envelope, event_id_key
 from service.events.memory_broker import MemoryBroker
 from service.events.redis_broker import RedisBroker
@@ -80,7 +80,8 @@ async def relay(database: db.Database, broker: Broker, batch: int = 500) -> bool
         if not rows:
             return False
         envelopes = [Envelope(row.id, row.type, row.data, row.topic) for row in rows]
-        ids = await broker.append(envelopes, after=await _newest_event_key(session))
+        # Above the newest id ever given: a log that restarted empty must not reuse or go below one.
+        ids = await broker.append(envelopes, after=await archive.end_key(session, newest=True) or (0, 0))
         metrics.events_published_total.inc(len(ids))
         now = datetime.now(UTC)
         for row, event_id in zip(rows, ids, strict=True):
@@ -90,28 +91,13 @@ async def relay(database: db.Database, broker: Broker, batch: int = 500) -> bool
         return len(rows) == batch
 
 
-async def _newest_event_key(session: AsyncSession) -> tuple[int, int]:
-    """The newest id the log ever gave: the next ones must be above it."""
-    newest = (
-        await session.execute(
-            select(OutboxEvent.event_ms, OutboxEvent.event_seq)
-            .where(OutboxEvent.event_ms.is_not(None))
-            .order_by(OutboxEvent.event_ms.desc(), OutboxEvent.event_seq.desc())
-            .limit(1)
-        )
-    ).first()
-    if newest is None or newest[0] is None or newest[1] is None:
-        return (0, 0)
-    return newest[0], newest[1]
-
-
 def open_broker(app: Quart, settings: Settings) -> Broker:
     """Redis when configured (every process shares one log), else the in-process broker."""
     redis: Redis | None = app.extensions.get("redis")
-    archive = OutboxArchive(app.extensions["db"])
+    store = archive.OutboxArchive(app.extensions["db"])
     if redis is None:
-        return MemoryBroker(maxlen=settings.event_retention_count, archive=archive)
-    return RedisBroker(redis, maxlen=settings.event_retention_count, archive=archive)
+        return MemoryBroker(maxlen=settings.event_retention_count, archive=store)
+    return RedisBroker(redis, maxlen=settings.event_retention_count, archive=store)
 
 
 def init_app(app: Quart, settings: Settings) -> None:

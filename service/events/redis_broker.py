@@ -28,21 +28,18 @@ from redis.asyncio.connection import AbstractConnection
 
 from service import log
 from service.events.broker import (
-    REPLAY_PAGE,
     Archive,
     BrokerUnavailable,
     Envelope,
     Event,
-    FanOut,
+    LogBroker,
     SubscriberLagged,
-    Subscription,
     dedupe_key,
     encode_data,
     event_id_key,
     format_event_id,
     make_event,
     predecessor,
-    replay_with_archive,
 )
 
 logger = log.get(__name__)
@@ -131,7 +128,7 @@ def _decode(entry_id: bytes | str, fields: Mapping[Any, Any]) -> tuple[Event, tu
     return event, predecessor(event.key) if prev == _ORIGIN else event_id_key(prev)
 
 
-class RedisBroker:
+class RedisBroker(LogBroker):
     """Events in one Redis stream shared by every process; one listener task per process."""
 
     def __init__(
@@ -159,21 +156,12 @@ class RedisBroker:
         self._max_retry_delay = max_retry_delay
         self._listener_name = listener_name or f"switchboard-events-{os.getpid()}"
         self._append_script = client.register_script(_APPEND_LUA)
-        self._archive = archive
-        self._fanout = FanOut()
+        super().__init__(archive)
         self._connection: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._cursor: str | None = None
         self._down = False
         self._stopping = False
-
-    @property
-    def subscriber_count(self) -> int:
-        return self._fanout.count
-
-    @property
-    def overflow_count(self) -> int:
-        return self._fanout.overflows
 
     async def start(self) -> None:
         """Start this process's listener at the stream's current end (older events are not broadcast).
@@ -214,20 +202,6 @@ class RedisBroker:
             end = start + _APPEND_CHUNK
             ids.extend(await self._append_chunk(envelopes[start:end], encoded[start:end], after))
         return ids
-
-    def subscribe(self, topics: frozenset[str] | None, *, maxsize: int = 256) -> Subscription:
-        return Subscription(self._fanout, self.replay, topics, maxsize)
-
-    async def replay(self, after: str, limit: int = REPLAY_PAGE) -> list[Event]:
-        """Up to `limit` events after `after`, oldest first: from the stream, or from the archive where
-        the stream lost them.
-
-        Raises:
-            ValueError: `after` is not an event id.
-            SubscriberLagged: neither the stream nor the archive holds the events after `after`.
-            BrokerUnavailable: Redis (or the archive) cannot be reached.
-        """
-        return await replay_with_archive(self._read_log, self._first_key, self._archive, after, limit)
 
     async def trim(self, before_ms: int) -> None:
         """XTRIM MINID: entries older than `before_ms` go (approximately, as the length cap does)."""

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +30,7 @@ from service.config import Settings
 
 from ..accounts import PASSWORD
 from ..conftest import ROOT, empty_database
+from ..servers import create_admin, free_port, stop_group
 
 CHROMIUM = Path("/usr/bin/chromium")
 # What headless Chromium needs here (as root, no GPU), and nothing that phones home.
@@ -81,13 +80,6 @@ def _require_chromium() -> None:
     pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _environment(database_url: str) -> dict[str, str]:
     names = {name.upper() for name in Settings.model_fields} | {"PROMETHEUS_MULTIPROC_DIR"}
     base = {k: v for k, v in os.environ.items() if k.upper() not in names}
@@ -98,33 +90,6 @@ def _environment(database_url: str) -> dict[str, str]:
         "APP_ENV": "development",
         "LOG_FORMAT": "json",
     }
-
-
-def _create_admin(env: dict[str, str]) -> None:
-    made = subprocess.run(
-        [
-            *(sys.executable, "-m", "quart", "--app", "service", "create-admin"),
-            *("--username", "root", "--email", "root@example.com", "--password", PASSWORD),
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """End hypercorn and its worker (the group we started it in): gracefully, then for sure."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
 
 
 def _empty(database_url: str) -> None:
@@ -164,8 +129,8 @@ def browser() -> Iterator[Browser]:
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """hypercorn with one worker on a free port, in its own process group, with an admin account."""
     env = _environment(database_url)
-    _create_admin(env)
-    port = _free_port()
+    create_admin(env)
+    port = free_port()
     log = tmp_path_factory.mktemp("browser") / "server.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -191,7 +156,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             pytest.fail(f"the server did not become ready:\n{running.output()[-4000:]}")
         yield running
     finally:
-        _stop(process)
+        stop_group(process)
         _empty(database_url)
 
 

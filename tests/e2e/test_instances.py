@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from service.events.broker import event_id_key
 
 from ..accounts import PASSWORD
 from ..conftest import ROOT, empty_database
+from ..servers import create_admin, free_port, stop_group
 from ..sse import Frame, parse_frame
 
 SECRET_KEY = "e2e-secret-key-shared-by-every-instance-0123456789"
@@ -49,13 +49,6 @@ def backends(database_url: str) -> tuple[str, str]:
 
 
 # -- processes ---------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _environment(database_url: str, redis_url: str) -> dict[str, str]:
@@ -83,7 +76,7 @@ class Instance:
 
 
 def _start(tmp_path: Path, name: str, env: dict[str, str]) -> Instance:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / f"{name}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -121,17 +114,6 @@ def _wait_ready(instance: Instance) -> None:
     pytest.fail(f"instance {instance.name} did not become ready:\n{instance.output()[-4000:]}")
 
 
-def _stop(process: subprocess.Popen[Any]) -> None:
-    """End hypercorn and its worker (the group we started it in): gracefully, then for sure."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
-    process.wait(10)
-
-
 @contextlib.contextmanager
 def _instances(tmp_path: Path, env: dict[str, str], *names: str) -> Iterator[list[Instance]]:
     started: list[Instance] = []
@@ -143,14 +125,14 @@ def _instances(tmp_path: Path, env: dict[str, str], *names: str) -> Iterator[lis
         yield started
     finally:
         for instance in started:
-            _stop(instance.process)
+            stop_group(instance.process)
 
 
 class ThrowawayRedis:
     """A redis-server of our own on a free loopback port, with nothing saved: killing it loses the log."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tmp_path / "redis"
         self.dir.mkdir()
         self.process: subprocess.Popen[bytes] | None = None
@@ -192,22 +174,6 @@ class ThrowawayRedis:
 
 
 # -- data --------------------------------------------------------------------------------------------
-
-
-def _create_admin(env: dict[str, str]) -> None:
-    made = subprocess.run(
-        [
-            *(sys.executable, "-m", "quart", "--app", "service", "create-admin"),
-            *("--username", "root", "--email", "root@example.com", "--password", PASSWORD),
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
 
 
 async def _login(http: httpx.AsyncClient, instance: Instance) -> dict[str, str]:
@@ -369,7 +335,7 @@ async def test_events_cross_instances_and_resume_on_another(
     async with Outbox(database_url) as outbox, httpx.AsyncClient(timeout=WAIT) as http:
         try:
             with _instances(tmp_path, env, "a", "b") as (a, b):
-                _create_admin(env)
+                create_admin(env)
                 headers = await _login(http, b)
                 before = await outbox.last_id()
                 received: list[Frame] = []
@@ -428,7 +394,7 @@ async def test_the_outbox_holds_events_while_redis_is_down(tmp_path: Path, backe
     async with Outbox(database_url) as outbox, httpx.AsyncClient(timeout=WAIT) as http:
         try:
             with _instances(tmp_path, env, "solo") as (solo,):
-                _create_admin(env)
+                create_admin(env)
                 headers = await _login(http, solo)
                 minted = await http.post(
                     f"{solo.url}/api/v1/agents/registration-tokens", json={"name": "fleet"}, headers=headers
