@@ -130,19 +130,26 @@ async def _resolve(bearer: str | None, cookie_session: str | None) -> Identity |
             claims = tokens.decode_access_token(settings.secret_key, bearer)
         except tokens.InvalidToken:
             return None
-        user_id, session_id = claims.user_id, claims.session_id
+        user_id: uuid.UUID | None = claims.user_id
+        session_id = claims.session_id
+        # The token names the user, so the session and the user's grants come in one cache round trip.
+        cached_session, cached_grants = await _cache().get_many(
+            [_session_key(session_id), user_key(claims.user_id)]
+        )
     elif cookie_session is not None:
         try:
             session_id = uuid.UUID(cookie_session)
         except ValueError:
             return None
         user_id = None
+        (cached_session,) = await _cache().get_many([_session_key(session_id)])
+        cached_grants = None
     else:
         return None
-    live_user = await _live_session_user(session_id, settings)
+    live_user = await _live_session_user(session_id, settings, cached_session)
     if live_user is None or (user_id is not None and live_user != user_id):
         return None
-    grants = await grants_for(live_user)
+    grants = await grants_for(live_user, cached_grants if user_id is not None else None)
     if grants is None:
         return None
     roles, permissions = grants
@@ -205,20 +212,32 @@ def forget_agent_token(session: Any, token_hash: str) -> None:
     db.after_commit(session, lambda: cache.delete(agent_token_key(token_hash)))
 
 
-async def _live_session_user(session_id: uuid.UUID, settings: Settings) -> uuid.UUID | None:
-    (cached,) = await _cache().get_many([f"sess:{session_id}"])
+def _session_key(session_id: uuid.UUID) -> str:
+    return f"sess:{session_id}"
+
+
+async def _live_session_user(
+    session_id: uuid.UUID, settings: Settings, cached: str | None
+) -> uuid.UUID | None:
+    """The user of a live login session; `cached` is what the cache held for it, if anything."""
     if cached is not None:
         return uuid.UUID(cached)
     login = await db.session().get(LoginSession, session_id)
     if login is None or not login.is_live(datetime.now(UTC)):
         return None
-    await _cache().set(f"sess:{session_id}", str(login.user_id), settings.access_token_ttl_seconds)
+    await _cache().set(_session_key(session_id), str(login.user_id), settings.access_token_ttl_seconds)
     return login.user_id
 
 
-async def grants_for(user_id: uuid.UUID) -> tuple[tuple[str, ...], frozenset[str]] | None:
-    """The roles and permissions of a live, active user; None when the user may not act."""
-    (cached,) = await _cache().get_many([user_key(user_id)])
+async def grants_for(
+    user_id: uuid.UUID, cached: str | None = None
+) -> tuple[tuple[str, ...], frozenset[str]] | None:
+    """The roles and permissions of a live, active user; None when the user may not act.
+
+    `cached` is the user's cache entry when the caller already fetched it.
+    """
+    if cached is None:
+        (cached,) = await _cache().get_many([user_key(user_id)])
     if cached is not None:
         value = json.loads(cached)
     else:
@@ -238,7 +257,7 @@ async def grants_for(user_id: uuid.UUID) -> tuple[tuple[str, ...], frozenset[str
 def forget_session(session: Any, session_id: uuid.UUID) -> None:
     """After the commit, every worker and instance stops accepting this session's tokens."""
     cache = _cache()
-    db.after_commit(session, lambda: cache.delete(f"sess:{session_id}"))
+    db.after_commit(session, lambda: cache.delete(_session_key(session_id)))
 
 
 def user_key(user_id: uuid.UUID) -> str:

@@ -14,15 +14,17 @@ import ipaddress
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from flask.sansio.blueprints import Blueprint as SansioBlueprint
 from hypercorn.middleware import ProxyFixMiddleware
-from quart import Quart, g, request
-from quart_rate_limiter import KeyCallable, RateLimit, RateLimiter
+from quart import Quart, Response, current_app, g, request
+from quart_rate_limiter import KeyCallable, RateLimit, RateLimiter, RateLimitExceeded
 from quart_rate_limiter.store import RateLimiterStoreABC
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from werkzeug.exceptions import HTTPException
 
 from service import identity, log, redis_client
@@ -78,24 +80,80 @@ class MemoryTats:
     """
 
     def __init__(self) -> None:
-        self._tats: dict[str, datetime] = {}
+        self._tats: dict[str, float] = {}
         self._sweep_at = _MIN_SWEEP
 
     def __len__(self) -> int:
         return len(self._tats)
 
-    def get(self, key: str, default: datetime) -> datetime:
-        return self._tats.get(key, default)
+    def get(self, key: str) -> float:
+        return self._tats.get(key, 0.0)
 
-    def set(self, key: str, tat: datetime) -> None:
+    def set(self, key: str, tat: float) -> None:
         self._tats[key] = tat
         if len(self._tats) >= self._sweep_at:
             self.sweep(datetime.now(UTC))
 
     def sweep(self, now: datetime) -> None:
         """Drop every entry whose TAT is not after `now`."""
-        self._tats = {key: tat for key, tat in self._tats.items() if tat > now}
+        cutoff = now.timestamp()
+        self._tats = {key: tat for key, tat in self._tats.items() if tat > cutoff}
         self._sweep_at = max(_MIN_SWEEP, 2 * len(self._tats))
+
+
+@dataclass(frozen=True)
+class Check:
+    """One limit to pass: its stored key, the seconds each request costs, and how far ahead of now a
+    TAT may run before requests are refused (the period less one request)."""
+
+    key: str
+    inverse: float
+    max_interval: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one request: the TAT of each check (moved on when allowed) and, when refused,
+    the index of the first check that refused."""
+
+    tats: tuple[float, ...]
+    refused: int | None
+
+
+def decide(stored: list[float], checks: list[Check], now: float) -> Decision:
+    """GCRA over every check at once: refused if any check refuses, and then nothing is counted.
+
+    _GCRA_SCRIPT is this same function for Redis; the two must stay in step.
+    """
+    tats = [max(tat, now) for tat in stored]
+    for index, (tat, check) in enumerate(zip(tats, checks, strict=True)):
+        if tat - now > check.max_interval:
+            return Decision(tuple(tats), index)
+    return Decision(tuple(tat + check.inverse for tat, check in zip(tats, checks, strict=True)), None)
+
+
+# decide() in Lua, so reading and moving every TAT is one atomic round trip: workers and instances
+# cannot both pass the last allowance, and a request costs one Redis call however many limits it has.
+# KEYS: the checks' keys; ARGV: now, then inverse and max_interval of each check (seconds).
+_GCRA_SCRIPT = """
+local now = tonumber(ARGV[1])
+local tats = {}
+local refused = 0
+for i, key in ipairs(KEYS) do
+  tats[i] = math.max(tonumber(redis.call('GET', key) or '0'), now)
+  if refused == 0 and tats[i] - now > tonumber(ARGV[2 * i + 1]) then refused = i end
+end
+local out = {tostring(refused)}
+for i, key in ipairs(KEYS) do
+  if refused == 0 then
+    tats[i] = tats[i] + tonumber(ARGV[2 * i])
+    local ttl = math.max(1, math.ceil((tats[i] - now) * 1000))
+    redis.call('SET', key, string.format('%.17g', tats[i]), 'PX', ttl)
+  end
+  out[i + 1] = string.format('%.17g', tats[i])
+end
+return out
+"""
 
 
 class Store(RateLimiterStoreABC):
@@ -111,6 +169,7 @@ class Store(RateLimiterStoreABC):
         self._redis = redis
         self._retry_seconds = retry_seconds
         self._down_until: float | None = None
+        self._script: AsyncScript | None = None
         self.memory = MemoryTats()
 
     async def before_serving(self) -> None:
@@ -119,31 +178,33 @@ class Store(RateLimiterStoreABC):
     async def after_serving(self) -> None:
         """Nothing to close, for the same reason."""
 
-    async def get(self, key: str, default: datetime) -> datetime:
+    async def acquire(self, checks: list[Check], now: float) -> Decision:
+        """Count one request against every check, unless one of them refuses it."""
         client = self._client()
         if client is not None:
+            if self._script is None or self._script.registered_client is not client:
+                self._script = client.register_script(_GCRA_SCRIPT)
+            arguments = [now, *(value for check in checks for value in (check.inverse, check.max_interval))]
             try:
-                value = await client.get(KEY_PREFIX + key)
+                raw = await self._script(keys=[KEY_PREFIX + check.key for check in checks], args=arguments)
             except redis_client.FAILURES as error:
                 self._failed(error)
             else:
                 self._answered()
-                return default if value is None else datetime.fromtimestamp(float(value), UTC)
-        return self.memory.get(key, default)
+                refused = int(raw[0])
+                return Decision(tuple(float(tat) for tat in raw[1:]), refused - 1 if refused else None)
+        decision = decide([self.memory.get(check.key) for check in checks], checks, now)
+        if decision.refused is None:
+            for check, tat in zip(checks, decision.tats, strict=True):
+                self.memory.set(check.key, tat)
+        return decision
+
+    # The library's store interface; the limiter itself only calls acquire().
+    async def get(self, key: str, default: datetime) -> datetime:
+        raise NotImplementedError("the limiter uses Store.acquire")
 
     async def set(self, key: str, tat: datetime) -> None:
-        client = self._client()
-        if client is not None:
-            # A relative expiry: only this process's clock counts, not the Redis server's.
-            ttl_ms = max(1, math.ceil((tat - datetime.now(UTC)).total_seconds() * 1000))
-            try:
-                await client.set(KEY_PREFIX + key, tat.timestamp(), px=ttl_ms)
-            except redis_client.FAILURES as error:
-                self._failed(error)
-            else:
-                self._answered()
-                return
-        self.memory.set(key, tat)
+        raise NotImplementedError("the limiter uses Store.acquire")
 
     def _client(self) -> Redis | None:
         client = self._redis()
@@ -172,12 +233,55 @@ class Store(RateLimiterStoreABC):
 
 
 class _Limiter(RateLimiter):
-    """quart-rate-limiter with this service's exemptions and per-app named limits."""
+    """quart-rate-limiter with this service's exemptions, per-app named limits, and one store call per
+    request (the library reads the store three times and writes once)."""
+
+    store: Store
 
     def __init__(self, named: dict[str, list[RateLimit]], **options: Any) -> None:
         self._named = named
         self._group = {id(limit): name for name, limits in named.items() for limit in limits}
         super().__init__(**options)
+
+    async def _before_request(self) -> None:
+        if not current_app.config["QUART_RATE_LIMITER_ENABLED"]:
+            return
+        view_func = current_app.view_functions.get(request.endpoint or "")
+        limits = self._get_limits_for_view_function(
+            view_func, current_app.blueprints.get(request.blueprint or "")
+        )
+        limits = [limit for limit in limits if not await self._should_skip(limit)]
+        if not limits:
+            return
+        checks = [
+            Check(
+                await self._create_key(request.endpoint or "", limit),
+                limit.inverse,
+                limit.period.total_seconds() - limit.inverse,
+            )
+            for limit in limits
+        ]
+        now = time.time()
+        decision = await self.store.acquire(checks, now)
+        g.rate_limit_state = (limits, decision, now)
+        if decision.refused is not None:
+            tat = decision.tats[decision.refused]
+            retry_after = tat - checks[decision.refused].max_interval - now
+            raise RateLimitExceeded(math.ceil(retry_after))
+
+    async def _after_request(self, response: Response) -> Response:
+        state: tuple[list[RateLimit], Decision, float] | None = g.get("rate_limit_state")
+        if state is None:
+            return response
+        limits, decision, now = state
+        # The headers describe the limit with the shortest period, as the library's do.
+        index = min(range(len(limits)), key=lambda i: limits[i].period.total_seconds())
+        limit, separation = limits[index], decision.tats[index] - now
+        remaining = int((limit.period.total_seconds() - separation) / limit.inverse)
+        response.headers["RateLimit-Limit"] = str(limit.count)
+        response.headers["RateLimit-Remaining"] = str(max(0, remaining))
+        response.headers["RateLimit-Reset"] = str(math.ceil(separation))
+        return response
 
     async def _create_key(self, endpoint: str, rate_limit: RateLimit) -> str:
         # The library counts per endpoint; a named limit counts per name instead, so every route that

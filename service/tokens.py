@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -34,6 +35,7 @@ class AccessClaims:
     session_id: uuid.UUID
     roles: tuple[str, ...]
     expires_at: datetime
+    not_before: datetime
 
 
 def _signing_key(secret_key: str) -> bytes:
@@ -65,6 +67,25 @@ def decode_access_token(secret_key: str, token: str) -> AccessClaims:
     Raises:
         InvalidToken: for any reason the token cannot be trusted.
     """
+    claims = _verified_claims(secret_key, token)
+    # The signature and the fixed claims were verified once (and cached); the clock moves on, so the
+    # time claims are checked on every use, with the same leeway PyJWT applies.
+    now = datetime.now(UTC)
+    if now >= claims.expires_at + _LEEWAY:
+        raise InvalidToken("Signature has expired")
+    if now < claims.not_before - _LEEWAY:
+        raise InvalidToken("The token is not yet valid (nbf)")
+    return claims
+
+
+_LEEWAY = timedelta(seconds=LEEWAY_SECONDS)
+
+
+# Verifying an HMAC and parsing the JSON costs more than the rest of authentication on a cached path, and
+# a client sends the same token for its whole life: remember the verified claims of recent tokens.
+# Failures are not cached (lru_cache does not keep exceptions), so a bad token is checked every time.
+@functools.lru_cache(maxsize=4096)
+def _verified_claims(secret_key: str, token: str) -> AccessClaims:
     try:
         claims = jwt.decode(
             token,
@@ -82,6 +103,7 @@ def decode_access_token(secret_key: str, token: str) -> AccessClaims:
             session_id=uuid.UUID(claims["jti"]),
             roles=tuple(str(role) for role in claims.get("roles", [])),
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            not_before=datetime.fromtimestamp(claims["nbf"], UTC),
         )
     except (jwt.PyJWTError, ValueError, TypeError, KeyError) as error:
         raise InvalidToken(str(error)) from None

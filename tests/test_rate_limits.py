@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -282,16 +283,42 @@ async def test_store_goes_back_to_redis_once_it_answers(tmp_path: Path) -> None:
     # from_url, as the app builds its client: without the retries Redis(host=…) adds by default.
     client = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=1, socket_connect_timeout=1)
     store = rate_limits.Store(lambda: client, retry_seconds=0)
-    now = datetime.now(UTC)
-    tat = now + timedelta(seconds=30)
+    # Two requests a minute: a second request passes, a third is refused.
+    checks = [rate_limits.Check("down", inverse=30.0, max_interval=30.0)]
+    now = time.time()
     try:
-        await store.set("down", tat)  # nothing listens on the port yet
-        assert await store.get("down", now) == tat
+        # Nothing listens on the port yet: memory counts.
+        assert (await store.acquire(checks, now)).refused is None
         assert len(store.memory) == 1
         async with _redis_server(port, tmp_path):
-            await store.set("up", tat)
+            up = [rate_limits.Check("up", inverse=30.0, max_interval=30.0)]
+            first = await store.acquire(up, now)
+            assert first.refused is None
+            assert abs(first.tats[0] - now - 30.0) < 1e-3
             assert len(store.memory) == 1  # written to Redis, not to memory
             assert 0 < await client.pttl(rate_limits.KEY_PREFIX + "up") <= 30_000
-            assert abs(await store.get("up", now) - tat) < timedelta(milliseconds=1)
+            assert (await store.acquire(up, now)).refused is None
+            refused = await store.acquire(up, now)
+            assert refused.refused == 0
+            assert abs(refused.tats[0] - now - 60.0) < 1e-3  # a refusal counts nothing
     finally:
         await client.aclose()
+
+
+async def test_redis_and_memory_decide_alike(app: Switchboard) -> None:
+    """The Lua script and decide() are one algorithm: the same requests get the same answers."""
+    redis: Redis | None = app.extensions.get("redis")
+    if redis is None:
+        pytest.skip("needs Redis: runs in the PostgreSQL + Redis configuration")
+    in_redis = rate_limits.Store(lambda: redis)
+    in_memory = rate_limits.Store(lambda: None)
+    checks = [
+        rate_limits.Check("fast", inverse=1.0, max_interval=2.0),
+        rate_limits.Check("slow", inverse=10.0, max_interval=40.0),
+    ]
+    now = 1_000_000.0
+    for step in range(12):
+        at = now + step * 0.5
+        ours, theirs = await in_redis.acquire(checks, at), await in_memory.acquire(checks, at)
+        assert ours.refused == theirs.refused
+        assert ours.tats == theirs.tats  # the same arithmetic in doubles
