@@ -7,6 +7,7 @@ import sys
 from quart_schema import Info, QuartSchema
 
 from service import (
+    application,
     background,
     cli,
     db,
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Switchboard:
         ],
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the envelope's field order
+    application.serve_models_as_json(app)
     _init_sentry(app, settings)
     errors.init_app(app)
     db.init_app(app, settings)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-from quart import Quart, Request
+from pydantic import BaseModel
+from quart import Quart, Request, Response
 from quart.ctx import RequestContext
+from quart.sessions import SessionInterface, SessionMixin
+from quart.wrappers import BaseRequestWebsocket
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from service import db, errors
 
@@ -25,8 +30,23 @@ class JSONRequest(Request):
         raise errors.MalformedRequest(f"The request body is not valid JSON: {error}")
 
 
+class _NoSessions(SessionInterface):
+    """Quart's cookie session, switched off: the service keeps nothing in it (the dashboard's login is
+    quart-auth's own cookie, its CSRF token a cookie of its own), and opening it on every request costs a
+    signing serializer for nothing. A write to `quart.session` goes to a null session and is refused."""
+
+    async def open_session(self, app: Quart, request: BaseRequestWebsocket) -> SessionMixin | None:
+        return None
+
+    async def save_session(
+        self, app: Quart, session: SessionMixin, response: Response | WerkzeugResponse | None
+    ) -> None:
+        return None
+
+
 class Switchboard(Quart):
     request_class = JSONRequest
+    session_interface = _NoSessions()  # type: ignore[assignment]
 
     async def dispatch_request(self, request_context: RequestContext | None = None) -> Any:
         """Run the view, then commit its session before the response is made.
@@ -37,3 +57,22 @@ class Switchboard(Quart):
         result = await super().dispatch_request(request_context)
         await db.commit_request_session()
         return result
+
+
+def serve_models_as_json(app: Quart) -> None:
+    """Answer a view's pydantic model with pydantic's own JSON encoder.
+
+    quart-schema turns a model into a dict that the stdlib encoder then walks (calling back for each
+    datetime and UUID); `model_dump_json` writes the same document in one call, about three times
+    faster. Install it after QuartSchema, whose wrapper it runs before.
+    """
+    convert: Callable[[Any], Awaitable[Any]] = app.make_response
+
+    async def make_response(result: Any) -> Any:
+        value, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+        if isinstance(value, BaseModel):
+            body = app.response_class(value.model_dump_json(), mimetype="application/json")
+            result = (body, *rest) if rest else body
+        return await convert(result)
+
+    app.make_response = make_response  # type: ignore[method-assign]

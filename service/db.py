@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from quart import Quart, current_app, g
+from quart import Quart, current_app, g, request
 from sqlalchemy import ColumnElement, event, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -21,6 +23,9 @@ from service.config import Settings
 class Database:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    # Sessions for safe requests (GET, HEAD): each statement commits on its own, so a read costs its
+    # query alone, without the BEGIN and COMMIT round trips around it (same pool, same connections).
+    reader: async_sessionmaker[AsyncSession]
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
@@ -46,7 +51,6 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         "max_overflow": settings.database_max_overflow,
         "pool_timeout": settings.database_pool_timeout,
         "pool_recycle": settings.database_pool_recycle,
-        "pool_pre_ping": settings.database_pool_pre_ping,
     }
     if settings.uses_sqlite:
         # One connection: SQLite has one writer anyway, and a transaction that read before another
@@ -79,18 +83,63 @@ def make_engine(database_url: str, **options: Any) -> AsyncEngine:
     return engine
 
 
+def ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
+    """Test a connection as it leaves the pool when it has sat there `idle_seconds` or more.
+
+    SQLAlchemy's pool_pre_ping tests every checkout, which on asyncpg is three round trips (BEGIN,
+    a query, ROLLBACK) before each request's own. A connection in steady use has just proved itself; one
+    that sat idle may have been closed by a server restart or failover, and is replaced unnoticed.
+    A connection that dies while in use still fails its request (503), and the pool then discards every
+    connection older than the failure.
+    """
+
+    dialect = engine.dialect
+
+    def _returned(_: Any, record: ConnectionPoolEntry) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    def _leaving(dbapi_connection: Any, record: ConnectionPoolEntry, _: Any) -> None:
+        returned: float | None = record.info.get("returned_at")
+        if returned is None or time.monotonic() - returned < idle_seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool replaces the connection and tries again (up to three times).
+            raise DisconnectionError(f"pooled connection failed its ping: {error}") from error
+
+    event.listen(engine.sync_engine, "checkin", _returned)
+    event.listen(engine.sync_engine, "checkout", _leaving)
+
+
 def open_database(settings: Settings) -> Database:
     engine = make_engine(settings.database_url, **engine_options(settings))
+    if settings.database_pool_pre_ping:
+        ping_idle_connections(engine, settings.database_pool_ping_after)
     metrics.watch_pool(engine.sync_engine.pool)
     # expire_on_commit=False: after the request commits, routes still read the objects they hold.
-    return Database(engine, async_sessionmaker(engine, expire_on_commit=False))
+    return Database(
+        engine,
+        async_sessionmaker(engine, expire_on_commit=False),
+        async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False),
+    )
+
+
+# Methods that change nothing (RFC 9110 "safe"): their requests read in autocommit sessions.
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def session() -> AsyncSession:
-    """The request's session, opened on first use; committed when the handler succeeds."""
+    """The request's session, opened on first use; committed when the handler succeeds.
+
+    A safe request (GET, HEAD) gets an autocommit session: its reads are not one snapshot (a page and
+    its total may straddle a concurrent change), and the one write a read may make (a personal token's
+    last use) commits on its own.
+    """
     current: AsyncSession | None = g.get("db_session")
     if current is None:
-        current = current_app.extensions["db"].sessionmaker()
+        database: Database = current_app.extensions["db"]
+        current = (database.reader if request.method in _SAFE_METHODS else database.sessionmaker)()
         g.db_session = current
     return current
 

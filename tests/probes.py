@@ -43,6 +43,21 @@ async def get_query() -> dict[str, object]:
     return {"value": value}
 
 
+@blueprint.route("/transaction", methods=["GET", "POST"])
+async def transaction() -> dict[str, object]:
+    """Whether this request's statements run inside a transaction block (opened by a BEGIN)."""
+    session = db.session()
+    if not db.is_postgres(session):
+        connection = await session.connection()
+        options = connection.sync_connection.get_execution_options()  # type: ignore[union-attr]
+        return {"autocommit": options.get("isolation_level") == "AUTOCOMMIT"}
+    # now() is the time the transaction began: one block gives two statements the same now().
+    first = (await session.execute(text("SELECT now()"))).scalar_one()
+    await asyncio.sleep(0.005)
+    second = (await session.execute(text("SELECT now()"))).scalar_one()
+    return {"autocommit": first != second}
+
+
 @blueprint.post("/notes/<note>")
 async def post_note(note: str) -> dict[str, object]:
     await db.session().execute(text("INSERT INTO probe_notes (body) VALUES (:body)"), {"body": note})

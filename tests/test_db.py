@@ -12,11 +12,12 @@ import pytest
 from quart.testing import QuartClient
 from sqlalchemy import String, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
 
 from service import create_app
 from service.application import Switchboard
 from service.config import Settings
-from service.db import engine_options
+from service.db import engine_options, make_engine, ping_idle_connections
 from service.models.entity import NAMING_CONVENTION, Entity, Model, new_id
 
 from . import probes
@@ -60,14 +61,20 @@ async def test_the_session_is_closed_after_each_request(probe_app: Switchboard) 
     assert probe_app.extensions["db"].engine.sync_engine.pool.checkedout() == 0
 
 
+async def test_safe_requests_read_without_a_transaction_block(probe_app: Switchboard) -> None:
+    """GET reads cost their queries alone (no BEGIN and COMMIT round trips); POST writes in one block."""
+    client = probe_app.test_client()
+    assert (await (await client.get("/_probe/transaction")).get_json()) == {"autocommit": True}
+    assert (await (await client.post("/_probe/transaction")).get_json()) == {"autocommit": False}
+
+
 def test_pool_options_are_bounded(settings: Settings) -> None:
     options = engine_options(settings)
     assert options["pool_timeout"] == settings.database_pool_timeout
-    assert options["pool_pre_ping"] is True
     if not settings.uses_sqlite:
         connect: dict[str, Any] = options["connect_args"]
         assert connect["timeout"] == settings.database_connect_timeout
-        assert connect["server_settings"]["statement_timeout"] == "10000"
+        assert connect["server_settings"]["statement_timeout"] == "2500"
 
 
 class _Scratch(DeclarativeBase):
@@ -93,6 +100,27 @@ async def widgets(app: Switchboard) -> AsyncIterator[Switchboard]:
     yield app
     async with engine.begin() as connection:
         await connection.run_sync(_Scratch.metadata.drop_all)
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced(settings: Settings) -> None:
+    """A pooled connection that sat idle past DATABASE_POOL_PING_AFTER is tested before use: one the
+    server closed meanwhile (a restart, a failover) is replaced instead of failing the request."""
+    if settings.uses_sqlite:
+        pytest.skip("a server that closes connections: runs in the PostgreSQL configuration")
+    engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+    ping_idle_connections(engine, idle_seconds=0)
+    admin = make_engine(settings.database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            first = await connection.scalar(text("SELECT pg_backend_pid()"))
+        async with admin.connect() as other:
+            await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        async with engine.connect() as connection:
+            second = await connection.scalar(text("SELECT pg_backend_pid()"))
+        assert second != first
+    finally:
+        await engine.dispose()
+        await admin.dispose()
 
 
 async def test_entity_columns_round_trip(widgets: Switchboard) -> None:

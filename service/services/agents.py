@@ -300,6 +300,11 @@ async def record_heartbeat(
         record_event(session, "agent.status_changed", agent, **{"from": before, "to": agent.status})
         await session.flush()
         await assignments.dispatch_to(session, agent.id)
+    # open_assignments counts the agent's held work in the same transactions that change it (the
+    # capacity invariant), so the common beat, unchanged from an idle agent, skips the query. (A change
+    # may just have dispatched work, which the loaded row does not count yet.)
+    if not changed and agent.open_assignments == 0:
+        return agent, []
     return agent, await open_work(session, agent.id)
 
 
