@@ -1,17 +1,21 @@
 """Password hashing (argon2id) and the policy a new password must meet.
 
-Hashing and verifying run in a worker thread, never on the event loop, and at most `configure(n)` of
-them run at once per process: argon2 is CPU- and memory-bound, so more at once would only queue for
-the same cores while each holds its 19 MiB.
+Hashing and verifying run in the process's hashing threads, never on the event loop: `configure(n)` of
+them, since argon2 is CPU- and memory-bound and more at once would only queue for the same cores while
+each holds its 19 MiB. The threads run at a lower scheduling priority than the event loop, so a burst of
+logins that fills every core still leaves each worker answering its other requests at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 import secrets
-import weakref
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import ParamSpec, TypeVar
 
@@ -36,12 +40,11 @@ NOT_ENCODABLE = "Password contains characters that are not valid text (unpaired 
 # default profile takes about 200 ms. Raising any of these makes needs_rehash() upgrade users on login.
 _hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
 
-_concurrency = 2
-# One semaphore per event loop: an asyncio primitive binds to the first loop that waits on it, and one
-# process may run several loops (tests, CLI commands); a hypercorn worker runs one, so the bound holds.
-_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
+DEFAULT_CONCURRENCY = 2
+# How far below the event loop's priority hashing threads run: the kernel runs a ready event loop first.
+HASHING_NICENESS = 10
+
+_pool: ThreadPoolExecutor | None = None
 
 
 def configure(concurrency: int) -> None:
@@ -50,12 +53,25 @@ def configure(concurrency: int) -> None:
     Raises:
         ValueError: concurrency is below 1.
     """
-    global _concurrency
+    global _pool
     if concurrency < 1:
         raise ValueError("password hash concurrency must be at least 1")
-    _concurrency = concurrency
-    # Semaphores already handed out keep their old bound for the hashes they admitted; new ones use this.
-    _semaphores.clear()
+    previous, _pool = (
+        _pool,
+        ThreadPoolExecutor(concurrency, thread_name_prefix="password-hash", initializer=_lower_priority),
+    )
+    if previous is not None:
+        # Hashes already running finish in the old threads, which then end.
+        previous.shutdown(wait=False)
+
+
+def _lower_priority() -> None:
+    # On Linux each thread has its own nice value, and lowering one's own needs no privilege. Elsewhere
+    # the threads keep the loop's priority.
+    with contextlib.suppress(AttributeError, OSError):
+        thread = threading.get_native_id()
+        niceness = min(19, os.getpriority(os.PRIO_PROCESS, thread) + HASHING_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
 async def hash_password(password: str) -> str:
@@ -114,32 +130,15 @@ def common_passwords() -> frozenset[str]:
 
 
 async def _in_thread(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run `work` in a worker thread once one of the process's hashing slots is free."""
-    semaphore = _semaphore()
-    await semaphore.acquire()
-    try:
-        task = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
-    except BaseException:
-        semaphore.release()
-        raise
+    """Run `work` in one of the process's hashing threads, queueing while all of them are busy.
 
-    # The slot is freed when the thread finishes, not when the caller stops waiting: a request
-    # cancelled mid-hash (client gone) must not let another hash start while this one still runs.
-    def _finished(done: asyncio.Future[T]) -> None:
-        semaphore.release()
-        if not done.cancelled():
-            done.exception()  # marks it retrieved: nobody awaits a task whose caller was cancelled
-
-    task.add_done_callback(_finished)
-    return await asyncio.shield(task)
-
-
-def _semaphore() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    semaphore = _semaphores.get(loop)
-    if semaphore is None:
-        semaphore = _semaphores[loop] = asyncio.Semaphore(_concurrency)
-    return semaphore
+    A caller that stops waiting (its client went away) leaves a running hash to finish in its thread,
+    so no other hash starts beside it; a hash still queued is dropped.
+    """
+    if _pool is None:
+        configure(DEFAULT_CONCURRENCY)
+    assert _pool is not None
+    return await asyncio.get_running_loop().run_in_executor(_pool, functools.partial(work, *args, **kwargs))
 
 
 def _verify(stored_hash: str, password: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from typing import Literal
@@ -214,6 +215,24 @@ async def test_hashing_is_bounded_and_keeps_the_loop_running(monkeypatch: pytest
     # The loop kept ticking while the hashes ran (a blocking hash would leave the count unchanged).
     assert ticks > 0
     assert max(ticks_during_hashing) > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are Linux's")
+async def test_hashing_runs_below_the_event_loops_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A login burst that fills every core must leave the event loop first in line for a core."""
+    seen: list[int] = []
+
+    class _Noting(PasswordHasher):
+        def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return "noted"
+
+    monkeypatch.setattr(passwords, "_hasher", _Noting())
+    passwords.configure(2)
+    await asyncio.gather(*(passwords.hash_password(GOOD) for _ in range(4)))
+    loop_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert len(seen) == 4
+    assert all(priority >= min(19, loop_priority + passwords.HASHING_NICENESS) for priority in seen)
 
 
 async def test_cancelled_caller_keeps_its_slot_until_the_hash_ends(monkeypatch: pytest.MonkeyPatch) -> None:
