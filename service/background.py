@@ -41,6 +41,9 @@ class Loop:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.interval)
         while True:
+            # Cleared before the round, not after: a wake that comes while the round runs (an event
+            # committed just after the round read the outbox) runs the next round at once.
+            self.wake.clear()
             try:
                 busy = await self.round()
                 if failures:
@@ -60,7 +63,6 @@ class Loop:
             delay = (
                 min(self.max_backoff, self.interval * 2 ** min(failures, 5)) if failures else self.interval
             )
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), delay)
 

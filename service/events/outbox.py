@@ -7,6 +7,7 @@ a subscriber resuming after any id can never miss it.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,8 @@ logger = log.get(__name__)
 # An arbitrary constant naming the relay's PostgreSQL advisory lock: one relay at a time across instances.
 RELAY_LOCK = 0x5B_0E7E17
 RELAY_LOOP = "relay"
+# How soon a relay that found another process relaying tries again (the lock is held for one round).
+LEADER_RETRY_SECONDS = 0.05
 # Internal events every stream hears (whatever its agent filter) and no client is sent: a session or
 # token ended, so the streams it opened must close on every instance.
 CONTROL_TOPIC = "_control"
@@ -57,38 +60,46 @@ async def _wake_relay() -> None:
 
 
 async def relay(database: db.Database, broker: Broker, batch: int = 500) -> bool:
-    """Publish committed, unpublished events in order; True when a full batch went (more may wait).
+    """Publish committed, unpublished events in order; True when more may wait (a full batch went, or
+    another process held the relay lock).
 
     Raises:
         BrokerUnavailable: Redis is down; the rows stay unpublished and the next round retries them.
     """
     async with database.sessionmaker() as session, session.begin():
-        if not await db.lead(session, RELAY_LOCK):
-            return False
-        rows = (
-            (
-                await session.execute(
-                    select(OutboxEvent)
-                    .where(OutboxEvent.published_at.is_(None))
-                    .order_by(OutboxEvent.id)
-                    .limit(batch)
-                )
+        if await db.lead(session, RELAY_LOCK):
+            return await _relay_batch(session, broker, batch)
+    # Another process is relaying and may have read the outbox before our latest commit: try again
+    # shortly (the lock is held for one round) rather than leave that event to the next poll.
+    await asyncio.sleep(LEADER_RETRY_SECONDS)
+    return True
+
+
+async def _relay_batch(session: AsyncSession, broker: Broker, batch: int) -> bool:
+    rows = (
+        (
+            await session.execute(
+                select(OutboxEvent)
+                .where(OutboxEvent.published_at.is_(None))
+                .order_by(OutboxEvent.id)
+                .limit(batch)
             )
-            .scalars()
-            .all()
         )
-        if not rows:
-            return False
-        envelopes = [Envelope(row.id, row.type, row.data, row.topic) for row in rows]
-        # Above the newest id ever given: a log that restarted empty must not reuse or go below one.
-        ids = await broker.append(envelopes, after=await archive.end_key(session, newest=True) or (0, 0))
-        metrics.events_published_total.inc(len(ids))
-        now = datetime.now(UTC)
-        for row, event_id in zip(rows, ids, strict=True):
-            row.published_at = now
-            # The archive reads rows back by this id: what the broker's log loses is served from here.
-            row.event_ms, row.event_seq = event_id_key(event_id)
-        return len(rows) == batch
+        .scalars()
+        .all()
+    )
+    if not rows:
+        return False
+    envelopes = [Envelope(row.id, row.type, row.data, row.topic) for row in rows]
+    # Above the newest id ever given: a log that restarted empty must not reuse or go below one.
+    ids = await broker.append(envelopes, after=await archive.end_key(session, newest=True) or (0, 0))
+    metrics.events_published_total.inc(len(ids))
+    now = datetime.now(UTC)
+    for row, event_id in zip(rows, ids, strict=True):
+        row.published_at = now
+        # The archive reads rows back by this id: what the broker's log loses is served from here.
+        row.event_ms, row.event_seq = event_id_key(event_id)
+    return len(rows) == batch
 
 
 def open_broker(app: Quart, settings: Settings) -> Broker:

@@ -1,0 +1,66 @@
+"""Background loops and the relay's round: a wake is never lost, and a relay that finds another process
+relaying tries again soon rather than a whole interval later."""
+
+from __future__ import annotations
+
+import asyncio
+
+from quart.testing import QuartClient
+from sqlalchemy import func, select, text
+
+from service import background, db
+from service.application import Switchboard
+from service.events import outbox
+from service.models.events import OutboxEvent
+
+from .accounts import signed_in
+from .fleet import make_agent
+
+
+async def test_a_wake_during_a_round_runs_the_next_round_at_once() -> None:
+    loops = background.Loops()
+    rounds = 0
+    second = asyncio.Event()
+
+    async def round_() -> bool:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
+            loops.wake("work")  # an event committed while this round was reading the outbox
+        else:
+            second.set()
+        return False
+
+    loops.add("work", round_, interval=3600)
+    loops.start()
+    try:
+        await asyncio.wait_for(second.wait(), 5)
+    finally:
+        await loops.stop()
+    assert rounds == 2
+
+
+async def _unpublished(database: db.Database) -> int:
+    async with database.sessionmaker() as session:
+        query = select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+        return int((await session.execute(query)).scalar_one())
+
+
+async def test_a_relay_that_cannot_lead_asks_to_run_again_soon(app: Switchboard, client: QuartClient) -> None:
+    database: db.Database = app.extensions["db"]
+    if not db.is_postgres(database.sessionmaker()):
+        # The embedded mode is one process: its relay always leads (the PostgreSQL run covers this).
+        assert await outbox.relay(database, app.extensions["broker"]) is False
+        return
+    operator = await signed_in(client, "opal", "operator", app)
+    async with database.engine.connect() as other:
+        # Another instance's relay is mid-round: it holds the lock while this event commits.
+        await other.execute(text("SELECT pg_advisory_lock(:key)"), {"key": outbox.RELAY_LOCK})
+        await make_agent(client, operator, "a1")
+        assert await outbox.relay(database, app.extensions["broker"]) is True
+        await other.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": outbox.RELAY_LOCK})
+    for _ in range(100):  # the app's own loop, told to run again, publishes it now
+        if await _unpublished(database) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await _unpublished(database) == 0
