@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run demo test lint openapi clean
+.PHONY: run demo test lint openapi bench clean load soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,20 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff check service tests alembic
 	$(BIN)/ruff format --check service tests alembic
 	$(BIN)/mypy
+	$(BIN)/bandit -q -r service -ll  # medium severity and above; justify each exception with `# nosec Bxxx - why`
+
+load: $(VENV)/.test-installed  ## 500 users + 50 SSE listeners on PostgreSQL + Redis (docs/reliability.md; LOAD_ARGS="--duration 60")
+	$(BIN)/python -m tests.reliability load $(LOAD_ARGS)
+
+soak: $(VENV)/.test-installed  ## 10 minutes: memory, open files, Redis clients, DB connections, asyncio tasks
+	$(BIN)/python -m tests.reliability soak --users 250 $(LOAD_ARGS)
 
 openapi: $(VENV)/.run-installed  ## write the OpenAPI document the code describes to docs/openapi.json
 	env -u DATABASE_URL -u REDIS_URL $(BIN)/quart --app service schema --output docs/openapi.json
+
+bench: $(VENV)/.test-installed  ## benchmarks into docs/benchmarks.md: BENCH=read for one, COMPARE=/other/checkout
+	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python -m tests.performance $(BENCH) $(if $(COMPARE),--compare $(COMPARE)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache .coverage*

@@ -56,8 +56,10 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         # One connection: SQLite has one writer anyway, and a transaction that read before another
         # committed cannot write afterwards (SQLITE_BUSY_SNAPSHOT). Queueing transactions for the one
         # connection makes the embedded mode correct under concurrent requests, at a laptop's scale.
-        pool |= {"pool_size": 1, "max_overflow": 0}
-        return {**pool, "connect_args": {"timeout": settings.database_connect_timeout}}
+        # Every request waits its turn there, so the wait is as long as SQLite's own for a lock (5 s),
+        # not the short one that makes a stalled PostgreSQL fail fast.
+        pool |= {"pool_size": 1, "max_overflow": 0, "pool_timeout": max(settings.database_pool_timeout, 5.0)}
+        return {**pool, "connect_args": {"timeout": max(settings.database_connect_timeout, 5.0)}}
     return {
         **pool,
         "connect_args": {

@@ -191,8 +191,11 @@ def field_details(error: ValidationError) -> dict[str, list[str]]:
 
 
 # PostgreSQL aborted the transaction for a reason a plain retry cures: a serialization failure, a
-# deadlock it broke, a lock it could not get, or a statement cancelled at the statement timeout.
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
+# deadlock it broke, a lock it could not get, or a statement cancelled at the statement timeout. Or it
+# cannot serve at all for now: shutting down, restarting after a crash (57P01-57P03; asyncpg raises
+# those as plain errors, not connection errors), out of connection slots (53300), or any connection
+# exception (class 08).
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "53300"})
 
 
 def is_unavailable(error: BaseException) -> bool:
@@ -200,7 +203,8 @@ def is_unavailable(error: BaseException) -> bool:
     if isinstance(error, sqlalchemy.exc.DBAPIError):
         if error.connection_invalidated:
             return True
-        if getattr(error.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+        sqlstate = str(getattr(error.orig, "sqlstate", None))
+        if sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08"):
             return True
     return isinstance(error, _UNAVAILABLE)
 
@@ -235,7 +239,17 @@ async def _on_http_error(error: HTTPException) -> Response:
     return render(translated)
 
 
+# character_not_in_repertoire (a NUL in text) and untranslatable_character (a \u0000 in JSONB).
+_NUL_SQLSTATES = frozenset({"22021", "22P05"})
+
+
 async def _on_unexpected(error: Exception) -> Response:
+    if (
+        isinstance(error, sqlalchemy.exc.DBAPIError)
+        and getattr(error.orig, "sqlstate", None) in _NUL_SQLSTATES
+    ):
+        # PostgreSQL text and JSON cannot hold a NUL character (SQLite can): the caller's input, not a fault.
+        return render(MalformedRequest("Text may not contain NUL (\\u0000) characters."))
     if is_unavailable(error):
         logger.warning("dependency_unavailable", error=type(error).__name__, detail=str(error)[:200])
         return render(ServiceUnavailable())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -9,7 +10,7 @@ import pytest
 
 from service import create_app, log
 
-from .accounts import PASSWORD, bearer, login, register
+from .accounts import PASSWORD, bearer, login, make_admin, register
 from .conftest import empty_tables, make_settings
 
 
@@ -95,3 +96,71 @@ async def test_no_secret_reaches_the_log_in_a_whole_account_story(database_url: 
     secrets += [token.rsplit(".", 1)[-1] for token in (pair["access_token"], renewed["access_token"])]
     for secret in secrets:
         assert secret not in raw, secret  # ...and none of its secrets
+
+
+async def test_no_secret_reaches_the_log_from_agents_tokens_and_mail(database_url: str, json_lines) -> None:  # type: ignore[no-untyped-def]
+    """As production logs: an admin's failed and good logins, a refresh, a personal token, a registration
+    token, an agent registering with it and beating with its own token, a rotated agent token and a
+    password reset link mailed and used. No password, token, link token or Authorization header."""
+    app = create_app(
+        make_settings(database_url, log_format="json", app_env="production", secret_key="k" * 64)
+    )
+    async with app.test_app():
+        client = app.test_client()
+        json_lines()
+        await make_admin(app)
+        await client.post("/auth/login", json={"username": "root", "password": "Wrong-Guess-99"})
+        pair = await login(client, "root")
+        renewed = (
+            await (
+                await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+            ).get_json()
+        )["data"]
+        admin = bearer(renewed["access_token"])
+        made = await client.post(
+            "/auth/tokens", json={"name": "ci", "scopes": ["agents:read"]}, headers=admin
+        )
+        personal = (await made.get_json())["data"]["token"]
+        await client.get("/api/v1/agents", headers=bearer(personal))
+        issued = await client.post("/api/v1/agents/registration-tokens", json={"name": "ci"}, headers=admin)
+        registration = (await issued.get_json())["data"]["token"]
+        joined = await client.post("/api/v1/agents/register", json={"token": registration, "name": "runner"})
+        agent = (await joined.get_json())["data"]
+        await client.post(
+            f"/api/v1/agents/{agent['id']}/heartbeat",
+            json={"status": "online"},
+            headers=bearer(agent["agent_token"]),
+        )
+        rotated = await client.post(f"/api/v1/agents/{agent['id']}/token", headers=admin)
+        new_agent_token = (await rotated.get_json())["data"]["agent_token"]
+        mailer = app.extensions["mailer"]
+        sent: list[str] = []
+        real_send = mailer.send
+
+        async def keep(message):  # type: ignore[no-untyped-def]
+            sent.append(message.body)
+            await real_send(message)
+
+        mailer.send = keep
+        await client.post("/auth/password/forgot", json={"email": "root@example.com"})
+        await asyncio.sleep(0.1)  # the mail goes out after the answer
+        reset_token = next(word for body in sent for word in body.split() if "sbm_" in word).rsplit("=", 1)[
+            -1
+        ]
+        await client.post(
+            "/auth/password/reset", json={"token": reset_token, "password": "Brand-New-Kettle-7"}
+        )
+        await empty_tables(app)
+    raw = json.dumps(json_lines())
+    assert '"event": "request"' in raw
+    assert '"event": "mail"' in raw  # the link was mailed: to the log, body withheld
+    secrets = [PASSWORD, "Wrong-Guess-99", "Brand-New-Kettle-7", "Bearer ", "$argon2", reset_token]
+    secrets += [
+        pair["access_token"],
+        pair["refresh_token"],
+        renewed["access_token"],
+        renewed["refresh_token"],
+    ]
+    secrets += [personal, registration, agent["agent_token"], new_agent_token]
+    for secret in secrets:
+        assert secret not in raw, secret

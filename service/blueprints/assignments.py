@@ -41,6 +41,7 @@ def _one(assignment: object, message: str | None = None) -> Success[AssignmentOu
     "Makes retries safe: a retry with the same key (and body) answers as the first request did, "
     "creating nothing more; the same key with another body is a 409.",
     "3f0c9a7e-build-42",
+    max_length=idempotency.MAX_KEY_LENGTH,
 )
 @identity.permission_required(permissions.ASSIGNMENTS_WRITE)
 @validate_request(AssignmentIn)

@@ -22,6 +22,7 @@ tag_blueprint(blueprint, ["events"])
     "Last-Event-ID",
     "The id of the last event received: the stream resumes after it, with no gap and no duplicate.",
     "1772442847512-0",
+    max_length=45,
 )
 @identity.permission_required(permissions.EVENTS_READ)
 @validate_querystring(EventQuery)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from quart_schema.openapi import OpenAPIProvider
-from werkzeug.routing import Rule
+from werkzeug.routing import Rule, UUIDConverter
 
 from service import tokens
 from service.openapi import error_responses, examples, stream
@@ -46,15 +46,15 @@ def event_stream(view: V) -> V:
     return view
 
 
-def request_header(name: str, description: str, example: str) -> Callable[[V], V]:
-    """Document an optional request header the view reads itself (it is not validated).
+def request_header(name: str, description: str, example: str, max_length: int) -> Callable[[V], V]:
+    """Document an optional request header the view reads itself (it checks `max_length` itself).
 
     Place it directly under the route decorator.
     """
 
     def document(view: V) -> V:
         # The example goes in the schema: Swagger UI would send a parameter's own example by default.
-        schema = {"type": "string", "examples": [example]}
+        schema = {"type": "string", "maxLength": max_length, "examples": [example]}
         parameter = {"name": name, "in": "header", "description": description, "schema": schema}
         headers = [*getattr(view, _HEADERS_ATTRIBUTE, ()), parameter]
         setattr(view, _HEADERS_ATTRIBUTE, headers)
@@ -87,6 +87,7 @@ class Provider(OpenAPIProvider):
         for path_item in paths.values():
             for operation in path_item.values():
                 _describe(operation)
+                _uuid_path_parameters(operation, rule)
                 operation["parameters"] = [*operation["parameters"], *getattr(view, _HEADERS_ATTRIBUTE, ())]
                 # quart-schema shares one responses dict between the methods of a rule: replace it.
                 operation["responses"] = {str(status): r for status, r in operation["responses"].items()}
@@ -96,6 +97,14 @@ class Provider(OpenAPIProvider):
                     operation["responses"]["200"] = stream.response()
                 self._errors.add_responses(operation, rule, view)
         return paths, components
+
+
+def _uuid_path_parameters(operation: dict[str, Any], rule: Rule) -> None:
+    """quart-schema writes every path parameter as a bare string; a `<uuid:...>` one only matches a UUID."""
+    converters = rule._converters  # werkzeug keeps no public map of a rule's converters
+    for parameter in operation["parameters"]:
+        if parameter["in"] == "path" and isinstance(converters.get(parameter["name"]), UUIDConverter):
+            parameter["schema"] = {"type": "string", "format": "uuid"}
 
 
 def _describe(operation: dict[str, Any]) -> None:

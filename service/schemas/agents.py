@@ -88,7 +88,9 @@ class AgentIn(BaseModel):
 
     name: AgentName
     capabilities: Capabilities = Field(default_factory=list, examples=[["linux", "gpu"]])
-    max_concurrent: int = Field(default=1, ge=1, le=1000, description="Open assignments it may hold at once.")
+    max_concurrent: int = Field(
+        default=1, ge=1, le=1000, strict=True, description="Open assignments it may hold at once."
+    )
     metadata: Metadata = Field(default_factory=dict, examples=[{"region": "eu-west"}])
 
 
@@ -107,7 +109,7 @@ class AgentPatch(BaseModel):
 
     name: AgentName | None = None
     capabilities: Capabilities | None = None
-    max_concurrent: int | None = Field(default=None, ge=1, le=1000)
+    max_concurrent: int | None = Field(default=None, ge=1, le=1000, strict=True)
     metadata: Metadata | None = None
     mode: Literal["active", "paused", "draining"] | None = None
     pause_note: str | None = Field(default=None, max_length=500)
@@ -164,7 +166,7 @@ class HeartbeatIn(BaseModel):
     )
 
     status: Literal["online", "busy", "away"]
-    load: float | None = Field(default=None, ge=0, le=1_000_000, examples=[0.4])
+    load: float | None = Field(default=None, ge=0, le=1_000_000, strict=True, examples=[0.4])
     metadata: Metadata | None = Field(default=None, description="Replaces the agent's metadata when given.")
 
 
@@ -218,8 +220,8 @@ class RegistrationTokenIn(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=80, examples=["ci-runners"])
-    expires_in_hours: int = Field(default=24, ge=1, le=24 * 365)
-    single_use: bool = False
+    expires_in_hours: int = Field(default=24, ge=1, le=24 * 365, strict=True)
+    single_use: bool = Field(default=False, strict=True)
     default_capabilities: Capabilities = Field(default_factory=list)
 
 
@@ -275,5 +277,5 @@ class AgentRegisterIn(BaseModel):
     token: str = Field(min_length=1, max_length=200)
     name: AgentName
     capabilities: Capabilities | None = Field(default=None, description="The token's defaults when omitted.")
-    max_concurrent: int = Field(default=1, ge=1, le=1000)
+    max_concurrent: int = Field(default=1, ge=1, le=1000, strict=True)
     metadata: Metadata = Field(default_factory=dict)

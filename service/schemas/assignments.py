@@ -71,7 +71,7 @@ class AssignmentIn(BaseModel):
     title: str = Field(min_length=1, max_length=200, examples=["Transcode batch 42"])
     payload: Payload = Field(default_factory=dict, examples=[{"batch": 42}])
     required_capabilities: list[Capability] = Field(default_factory=list, max_length=50, examples=[["gpu"]])
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher goes first.")
+    priority: int = Field(default=0, ge=-1000, le=1000, strict=True, description="Higher goes first.")
     agent_id: uuid.UUID | None = Field(
         default=None, description="Give it to this agent; otherwise the service picks one, or it waits."
     )

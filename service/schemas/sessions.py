@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,14 +62,19 @@ class ApiTokenIn(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=80, examples=["ci-deployer"])
-    scopes: list[str] = Field(
+    scopes: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
         min_length=1,
         max_length=len(permissions.ALL),
         description="Permissions the token may use; it never exceeds its owner's.",
         examples=[["agents:read", "agents:write"]],
     )
     expires_in_days: int | None = Field(
-        default=90, ge=1, le=3650, description="Days until it expires; null for never.", examples=[90]
+        default=90,
+        ge=1,
+        le=3650,
+        strict=True,
+        description="Days until it expires; null for never.",
+        examples=[90],
     )
 
 

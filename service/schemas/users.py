@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from service.models.users import User
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.\-]{3,80}$"
+USERNAME_MAX = 80
+RoleName = Annotated[str, Field(min_length=1, max_length=40)]
 # Long enough for any sane passphrase; the policy (8-128) is checked by the service with named rules.
 PASSWORD_MAX = 1024
 Sort = Literal["created_at", "-created_at", "username", "-username", "email", "-email"]
@@ -40,7 +42,7 @@ class RegisterIn(BaseModel):
         },
     )
 
-    username: str = Field(pattern=USERNAME_PATTERN, examples=["ada_l"])
+    username: str = Field(pattern=USERNAME_PATTERN, max_length=USERNAME_MAX, examples=["ada_l"])
     email: EmailStr = Field(max_length=254, examples=["ada@example.com"])
     password: str = Field(min_length=1, max_length=PASSWORD_MAX, examples=["Correct-Horse-42"])
 
@@ -84,16 +86,16 @@ class UserCreateIn(BaseModel):
         },
     )
 
-    username: str = Field(pattern=USERNAME_PATTERN, examples=["grace_h"])
+    username: str = Field(pattern=USERNAME_PATTERN, max_length=USERNAME_MAX, examples=["grace_h"])
     email: EmailStr = Field(max_length=254, examples=["grace@example.com"])
     password: str = Field(min_length=1, max_length=PASSWORD_MAX, examples=["Correct-Horse-42"])
-    roles: list[str] | None = Field(
+    roles: list[RoleName] | None = Field(
         default=None,
         max_length=10,
         description="Role names; the default role when omitted.",
         examples=[["operator"]],
     )
-    is_active: bool = True
+    is_active: bool = Field(default=True, strict=True)
 
 
 class UserPatchIn(BaseModel):
@@ -110,7 +112,7 @@ class UserPatchIn(BaseModel):
         },
     )
 
-    username: str | None = Field(default=None, pattern=USERNAME_PATTERN)
+    username: str | None = Field(default=None, pattern=USERNAME_PATTERN, max_length=USERNAME_MAX)
     email: EmailStr | None = Field(default=None, max_length=254)
     password: str | None = Field(default=None, min_length=1, max_length=PASSWORD_MAX)
     current_password: str | None = Field(
@@ -119,8 +121,8 @@ class UserPatchIn(BaseModel):
         max_length=PASSWORD_MAX,
         description="Required to change your own email or password.",
     )
-    roles: list[str] | None = Field(default=None, max_length=10, examples=[["viewer"]])
-    is_active: bool | None = None
+    roles: list[RoleName] | None = Field(default=None, max_length=10, examples=[["viewer"]])
+    is_active: bool | None = Field(default=None, strict=True)
 
 
 class UserPutIn(UserPatchIn):
@@ -134,7 +136,7 @@ class UserPutIn(UserPatchIn):
         }
     )
 
-    username: str = Field(pattern=USERNAME_PATTERN)
+    username: str = Field(pattern=USERNAME_PATTERN, max_length=USERNAME_MAX)
     email: EmailStr = Field(max_length=254)
 
 
