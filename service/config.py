@@ -7,6 +7,7 @@ configuration. Each variable is documented once, in docs/configuration.md.
 from __future__ import annotations
 
 from email.utils import parseaddr
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -57,7 +58,7 @@ class Settings(BaseSettings):
     database_max_overflow: int = Field(default=5, ge=0, le=200)
     # A stalled database must cost a request a 503 within 5 s, and these add up on that path (wait for a
     # pooled connection, its pre-ping, a reconnect, the statement): measured by tests/faults.
-    database_pool_timeout: float = Field(default=1.5, gt=0, le=120)
+    database_pool_timeout: float = Field(default=2.0, gt=0, le=120)
     database_pool_recycle: int = Field(default=1800, ge=-1)
     database_pool_pre_ping: bool = True
     database_pool_ping_after: float = Field(default=10.0, ge=0, le=3600)
@@ -129,6 +130,8 @@ class Settings(BaseSettings):
     rate_limits_enabled: bool = True
     # Proxies in front of the service whose X-Forwarded-For is trusted (0: use the peer address).
     trusted_proxy_hops: int = Field(default=0, ge=0, le=5)
+    # The peers X-Forwarded-For is taken from when trusted_proxy_hops > 0; empty: any peer.
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(default_factory=list)
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -154,6 +157,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [ip_network(item.strip(), strict=False) for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("allowed_origins")

@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any, TypeVar
 
 from flask.sansio.blueprints import Blueprint as SansioBlueprint
 from hypercorn.middleware import ProxyFixMiddleware
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Quart, Response, current_app, g, request
 from quart_rate_limiter import KeyCallable, RateLimit, RateLimiter, RateLimitExceeded
 from quart_rate_limiter.store import RateLimiterStoreABC
@@ -410,6 +412,31 @@ def init_app(app: Quart, settings: Settings) -> None:
         # end was written by the outermost one and anything further left came from the client itself.
         # hypercorn puts that entry into the ASGI scope, making request.remote_addr (limits, access
         # log, audit rows) the real client. With 0 hops the header is ignored: the peer address counts.
-        app.asgi_app = ProxyFixMiddleware(  # type: ignore[method-assign]
-            app.asgi_app, mode="legacy", trusted_hops=settings.trusted_proxy_hops
+        proxied = ProxyFixMiddleware(app.asgi_app, mode="legacy", trusted_hops=settings.trusted_proxy_hops)
+        app.asgi_app = (  # type: ignore[method-assign]
+            _FromTrustedPeers(proxied, app.asgi_app, settings.trusted_proxies)
+            if settings.trusted_proxies
+            else proxied
         )
+
+
+Network = IPv4Network | IPv6Network
+
+
+class _FromTrustedPeers:
+    """Honour X-Forwarded-For only on connections from the proxies listed in TRUSTED_PROXIES: a client
+    that reaches the service around its proxy is known by its own address, whatever it writes."""
+
+    def __init__(self, proxied: ASGIFramework, direct: ASGIFramework, proxies: list[Network]) -> None:
+        self._proxied = proxied
+        self._direct = direct
+        self._proxies = proxies
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        client: tuple[str, int] | None = scope.get("client")  # type: ignore[assignment]
+        try:
+            peer = ipaddress.ip_address(client[0]) if client else None
+        except ValueError:
+            peer = None
+        trusted = peer is not None and any(peer in network for network in self._proxies)
+        await (self._proxied if trusted else self._direct)(scope, receive, send)

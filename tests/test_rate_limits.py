@@ -211,6 +211,27 @@ async def test_forwarded_for_names_the_client_behind_a_trusted_proxy(client: Qua
     assert other.status_code == 401
 
 
+@pytest.mark.parametrize(
+    "settings", [{"trusted_proxy_hops": 1, "trusted_proxies": "10.0.0.0/8, 2001:db8::/32"}], indirect=True
+)
+async def test_forwarded_for_counts_only_from_the_listed_proxies(client: QuartClient) -> None:
+    # Through the proxy: each client behind it has its own allowance.
+    for number in range(1, 5):
+        through = {"headers": {"X-Forwarded-For": f"203.0.113.{number}"}, "scope_base": peer("10.1.2.3")}
+        assert (await attempt(client, f"user{number}", **through)).status_code == 401
+    # Around it: whatever the client writes, its own address is counted (3 a minute).
+    for number in range(5, 8):
+        around = {"headers": {"X-Forwarded-For": f"203.0.113.{number}"}, "scope_base": peer("198.51.100.9")}
+        assert (await attempt(client, f"user{number}", **around)).status_code == 401
+    forged = {"headers": {"X-Forwarded-For": "203.0.113.99"}, "scope_base": peer("198.51.100.9")}
+    await assert_rate_limited(await attempt(client, "user8", **forged))
+
+
+def test_trusted_proxies_must_be_networks(database_url: str) -> None:
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        make_settings(database_url, trusted_proxies="10.0.0.0/8, nginx")
+
+
 async def test_stored_limits_expire(app: Switchboard, client: QuartClient) -> None:
     """Redis keys carry a TTL; the memory store (embedded mode) forgets entries whose time has passed."""
     await attempt(client, "ann")
