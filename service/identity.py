@@ -79,6 +79,8 @@ class Principal(AuthUser):
         self._bearer = bearer
         self._resolved = False
         self._identity: Identity | None = None
+        self._agent_resolved = False
+        self._agent: AgentIdentity | None = None
 
     @property
     async def is_authenticated(self) -> bool:
@@ -100,7 +102,11 @@ class Principal(AuthUser):
         """The agent whose token this is (agents authenticate with their own bearer token)."""
         if self._bearer is None or not self._bearer.startswith(tokens.AGENT_PREFIX):
             return None
-        return await _resolve_agent(self._bearer)
+        # Resolved once per request: the rate limiter asks before the view does.
+        if not self._agent_resolved:
+            self._agent = await _resolve_agent(self._bearer)
+            self._agent_resolved = True
+        return self._agent
 
 
 class Auth(QuartAuth):

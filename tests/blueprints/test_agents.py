@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from quart.testing import QuartClient
 from sqlalchemy import func, select
 
@@ -212,3 +214,29 @@ async def test_agent_history_lists_its_work(client: QuartClient, app: Switchboar
     database: db.Database = app.extensions["db"]
     async with database.sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(OutboxEvent)) > 0
+
+
+class _CountingCache:
+    """The app's auth cache, counting the reads that name an agent token."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.agent_token_reads = 0
+
+    async def get_many(self, keys: list[str]) -> list[str | None]:
+        self.agent_token_reads += sum(key.startswith("agenttok:") for key in keys)
+        found: list[str | None] = await self._inner.get_many(keys)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_a_heartbeat_looks_its_token_up_once(client: QuartClient, app: Switchboard) -> None:
+    """The rate limiter and the view both ask who the agent is: one lookup answers both."""
+    operator = await signed_in(client, "opal", "operator", app)
+    agent_id, token = await make_agent(client, operator, "a1")
+    await beat(client, agent_id, token)  # the first beat fills the cache
+    counting = app.extensions["auth_cache"] = _CountingCache(app.extensions["auth_cache"])
+    await beat(client, agent_id, token)
+    assert counting.agent_token_reads == 1
