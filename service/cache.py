@@ -11,9 +11,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-from service import log, redis_client
-
-logger = log.get(__name__)
+from service import redis_client
 
 PREFIX = "sb:"
 
@@ -57,43 +55,51 @@ class RedisCache:
 
     Redis down: reads miss (the database answers), writes are skipped, and deletions that failed are
     kept and retried before the next command that reaches Redis, so an invalidation is late, never lost.
+    After a failure Redis is left alone for a few seconds but for one probe (`redis_client.Breaker`), so
+    a frozen Redis does not cost every request a socket timeout.
     """
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, breaker: redis_client.Breaker | None = None) -> None:
         self._client = client
+        self._breaker = breaker or redis_client.Breaker("cache")
         self._undeleted: set[str] = set()
 
     async def get_many(self, keys: list[str]) -> list[str | None]:
+        if not self._breaker.allows():
+            return [None] * len(keys)
         try:
             await self._retry_deletes()
             values = await self._client.mget([PREFIX + key for key in keys])
         except redis_client.FAILURES as error:
-            _warn(error)
+            self._breaker.failed(error)
             return [None] * len(keys)
+        self._breaker.answered()
         return [value.decode() if isinstance(value, bytes) else value for value in values]
 
     async def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        if not self._breaker.allows():
+            return
         try:
             await self._retry_deletes()
             await self._client.set(PREFIX + key, value, ex=ttl_seconds)
         except redis_client.FAILURES as error:
-            _warn(error)
+            self._breaker.failed(error)
+        else:
+            self._breaker.answered()
 
     async def delete(self, *keys: str) -> None:
         self._undeleted.update(PREFIX + key for key in keys)
+        if not self._breaker.allows():
+            return
         try:
             await self._retry_deletes()
         except redis_client.FAILURES as error:
-            _warn(error)
+            self._breaker.failed(error)
+        else:
+            self._breaker.answered()
 
     async def _retry_deletes(self) -> None:
         if self._undeleted:
             pending = list(self._undeleted)
             await self._client.delete(*pending)
             self._undeleted.difference_update(pending)
-
-
-def _warn(error: BaseException) -> None:
-    logger.warning(
-        "cache_unavailable", detail="Redis failed; the database answers", error=type(error).__name__
-    )

@@ -6,6 +6,8 @@ before Python starts: every worker then writes its samples there and any worker'
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 
 from prometheus_client import (
@@ -48,6 +50,11 @@ event_delivery_lag_seconds = Histogram(
     "From the change's recording (in its transaction) to the event's first delivery to a subscriber here.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+# Sampled when /metrics is scraped, per worker process (one series per pid): a count that only grows
+# across a soak means a leak (a task per stream or request left behind).
+asyncio_tasks = Gauge(
+    "asyncio_tasks", "Tasks alive on this worker's event loop when last scraped.", multiprocess_mode="liveall"
+)
 
 
 def watch_pool(pool: Pool) -> None:
@@ -70,6 +77,8 @@ def unwatch_pool(pool: Pool) -> None:
 
 def exposition() -> tuple[bytes, str]:
     """The metrics text for a scrape, summed over every worker in multiprocess mode."""
+    with contextlib.suppress(RuntimeError):  # no running loop: nothing to count
+        asyncio_tasks.set(len(asyncio.all_tasks()))
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -15,10 +15,9 @@ from typing import Protocol
 
 from quart import Quart, current_app
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service import log, redis_client
-
-logger = log.get(__name__)
+from service import redis_client
 
 KEY = "sb:presence"
 
@@ -62,24 +61,45 @@ class MemoryPresence:
 
 
 class RedisPresence:
-    """One hash, field = agent id: a beat is one HSET, a sweep one HMGET for every watched agent."""
+    """One hash, field = agent id: a beat is one HSET, a sweep one HMGET for every watched agent.
 
-    def __init__(self, redis: Redis) -> None:
+    After a failure Redis is left alone for a few seconds but for one probe (`redis_client.Breaker`), so
+    a frozen Redis costs one heartbeat a socket timeout per interval rather than every heartbeat.
+    """
+
+    def __init__(self, redis: Redis, breaker: redis_client.Breaker | None = None) -> None:
         self._redis = redis
+        self._breaker = breaker or redis_client.Breaker("presence")
 
     async def record(self, agent_id: uuid.UUID, beat: Beat) -> None:
         # Redis down: the beat is not noted, but the agent's answer still comes. The sweeper cannot read
         # presence either meanwhile, so nobody is marked offline for Redis's silence.
+        if not self._breaker.allows():
+            return
         try:
             await self._redis.hset(KEY, str(agent_id), _encode(beat))
         except redis_client.FAILURES as error:
-            logger.warning("presence_unavailable", error=type(error).__name__)
+            self._breaker.failed(error)
+        else:
+            self._breaker.answered()
 
     async def last(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Beat]:
+        """The last beats of these agents.
+
+        Raises:
+            redis.exceptions.ConnectionError (one of redis_client.FAILURES): Redis is down.
+        """
         ids = list(agent_ids)
         if not ids:
             return {}
-        values = await self._redis.hmget(KEY, [str(agent_id) for agent_id in ids])
+        if not self._breaker.allows():
+            raise RedisConnectionError("Redis failed moments ago; not asked again yet")
+        try:
+            values = await self._redis.hmget(KEY, [str(agent_id) for agent_id in ids])
+        except redis_client.FAILURES as error:
+            self._breaker.failed(error)
+            raise
+        self._breaker.answered()
         return {agent_id: _decode(raw) for agent_id, raw in zip(ids, values, strict=True) if raw is not None}
 
     async def forget(self, agent_id: uuid.UUID) -> None:
@@ -91,9 +111,8 @@ async def for_display(store: Presence, agent_ids: Iterable[uuid.UUID]) -> dict[u
     mistake Redis's silence for the agents', reads `last` and fails instead)."""
     try:
         return await store.last(agent_ids)
-    except redis_client.FAILURES as error:
-        logger.warning("presence_unavailable", error=type(error).__name__)
-        return {}
+    except redis_client.FAILURES:
+        return {}  # the store's breaker logged the outage once
 
 
 def init_app(app: Quart) -> None:

@@ -38,9 +38,6 @@ V = TypeVar("V", bound=Callable[..., Any])
 
 # Beside the cache's "sb:" keys; one prefix makes the limits easy to find, count and drop.
 KEY_PREFIX = "sb:rl:"
-# After a Redis failure the memory store serves alone this long before Redis is tried again, so a
-# frozen Redis costs one request a socket timeout every few seconds rather than every request.
-REDIS_RETRY_SECONDS = 5.0
 # Blueprints and endpoints never limited: probes, scrapers and the docs must always get through.
 EXEMPT_BLUEPRINTS = frozenset({"health", "docs"})
 EXEMPT_ENDPOINTS = frozenset({"openapi", "static"})
@@ -166,11 +163,12 @@ class Store(RateLimiterStoreABC):
     fail-open), with one warning per outage; Redis is tried again after `retry_seconds`.
     """
 
-    def __init__(self, redis: Callable[[], Redis | None], retry_seconds: float = REDIS_RETRY_SECONDS) -> None:
+    def __init__(
+        self, redis: Callable[[], Redis | None], retry_seconds: float = redis_client.RETRY_SECONDS
+    ) -> None:
         # A callable, not a client: the app's client only exists once before_serving has run.
         self._redis = redis
-        self._retry_seconds = retry_seconds
-        self._down_until: float | None = None
+        self._breaker = redis_client.Breaker("rate_limit_store", retry_seconds)
         self._script: AsyncScript | None = None
         self.memory = MemoryTats()
 
@@ -190,9 +188,9 @@ class Store(RateLimiterStoreABC):
             try:
                 raw = await self._script(keys=[KEY_PREFIX + check.key for check in checks], args=arguments)
             except redis_client.FAILURES as error:
-                self._failed(error)
+                self._breaker.failed(error)
             else:
-                self._answered()
+                self._breaker.answered()
                 refused = int(raw[0])
                 return Decision(tuple(float(tat) for tat in raw[1:]), refused - 1 if refused else None)
         decision = decide([self.memory.get(check.key) for check in checks], checks, now)
@@ -210,28 +208,7 @@ class Store(RateLimiterStoreABC):
 
     def _client(self) -> Redis | None:
         client = self._redis()
-        if client is None or self._down_until is None:
-            return client
-        now = time.monotonic()
-        if now < self._down_until:
-            return None
-        # This call probes Redis; calls made meanwhile stay in memory instead of queueing behind it.
-        self._down_until = now + self._retry_seconds
-        return client
-
-    def _failed(self, error: BaseException) -> None:
-        if self._down_until is None:
-            logger.warning(
-                "rate_limit_store_unavailable",
-                detail="Redis failed: rate limits are kept in this process's memory until it answers",
-                error=type(error).__name__,
-            )
-        self._down_until = time.monotonic() + self._retry_seconds
-
-    def _answered(self) -> None:
-        if self._down_until is not None:
-            logger.info("rate_limit_store_recovered", detail="rate limits are kept in Redis again")
-            self._down_until = None
+        return client if client is not None and self._breaker.allows() else None
 
 
 class _Limiter(RateLimiter):

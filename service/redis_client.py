@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from quart import Quart
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -12,8 +14,48 @@ from service.config import Settings
 logger = log.get(__name__)
 
 # What a dead, frozen or refusing Redis raises (builtin TimeoutError is an OSError): callers that can
-# carry on without Redis catch exactly these.
-FAILURES = (RedisError, OSError)
+# carry on without Redis catch exactly these, around Redis calls only. RuntimeError too: under uvloop,
+# a connection the far end accepted and then closed at once (a TCP proxy in front of a dead Redis) fails
+# its first write with "unable to perform operation on <TCPTransport closed=True>", which redis-py does
+# not translate (seen in tests/faults).
+FAILURES = (RedisError, OSError, RuntimeError)
+# After a failure, how long callers leave Redis alone before one of them tries it again.
+RETRY_SECONDS = 5.0
+
+
+class Breaker:
+    """Remembers that Redis failed, so a frozen Redis costs one socket timeout per `retry_seconds` (the
+    one caller that probes it), not one per request: the others skip Redis and use their fallback."""
+
+    def __init__(self, name: str, retry_seconds: float = RETRY_SECONDS) -> None:
+        self._name = name
+        self._retry_seconds = retry_seconds
+        self._down_until: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._down_until is not None
+
+    def allows(self) -> bool:
+        """Whether to call Redis now: always while it answers; after a failure, once per interval."""
+        if self._down_until is None:
+            return True
+        now = time.monotonic()
+        if now < self._down_until:
+            return False
+        # This caller probes; the ones that come while it waits skip Redis instead of queueing behind it.
+        self._down_until = now + self._retry_seconds
+        return True
+
+    def failed(self, error: BaseException) -> None:
+        if self._down_until is None:
+            logger.warning(f"{self._name}_unavailable", detail="Redis failed", error=type(error).__name__)
+        self._down_until = time.monotonic() + self._retry_seconds
+
+    def answered(self) -> None:
+        if self._down_until is not None:
+            logger.info(f"{self._name}_recovered", detail="Redis answers again")
+            self._down_until = None
 
 
 def open_client(settings: Settings) -> Redis:
