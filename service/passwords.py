@@ -45,24 +45,31 @@ DEFAULT_CONCURRENCY = 2
 HASHING_NICENESS = 10
 
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 
 
 def configure(concurrency: int) -> None:
     """Set how many hashes may run at once in this process (Settings.password_hash_concurrency).
 
+    The threads live as long as the process: every app made in it (tests make one each) shares them,
+    and they are replaced only when the number changes.
+
     Raises:
         ValueError: concurrency is below 1.
     """
-    global _pool
+    global _pool, _pool_size
     if concurrency < 1:
         raise ValueError("password hash concurrency must be at least 1")
+    if _pool is not None and _pool_size == concurrency:
+        return
+    _pool_size = concurrency
     previous, _pool = (
         _pool,
         ThreadPoolExecutor(concurrency, thread_name_prefix="password-hash", initializer=_lower_priority),
     )
     if previous is not None:
-        # Hashes already running finish in the old threads, which then end.
-        previous.shutdown(wait=False)
+        # Hashes already admitted finish first; the old threads end before this returns.
+        previous.shutdown(wait=True)
 
 
 def _lower_priority() -> None:

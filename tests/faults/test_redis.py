@@ -22,10 +22,9 @@ from .conftest import Stack
 from .load import HANG_SECONDS, Answer, MixedLoad
 from .proxy import FaultProxy
 from .verdicts import (
-    assert_database_consistent,
     assert_no_failures,
+    assert_nothing_lost,
     assert_served,
-    assert_streams_complete,
     readiness_changes,
     summary,
     wait_readiness,
@@ -71,14 +70,8 @@ async def test_redis_fault_under_load(faults: Stack, fault: str) -> None:
         assert_served(during, "while Redis was down")
         assert {a.op for a in during if 200 <= a.status < 300} >= {"read", "create", "heartbeat"}
 
-        engine = faults.engine()
-        try:
-            await assert_database_consistent(engine, load)
-            # Committed while Redis was down, published once it was back, and each listener (cut off and
-            # resumed with Last-Event-ID) holds exactly the log from its first event on.
-            await assert_streams_complete(engine, load)
-        finally:
-            await engine.dispose()
+        # Committed while Redis was down, published once it was back.
+        await assert_nothing_lost(faults.engine(), load)
     # Streams may stay open through the outage (each process's listener picks the log up again) or be
     # ended and resumed; either way the check above holds. Cut-off streams are certain in test_workers.
     print("streams (connects, resets):", [(x.connects, x.resets) for x in load.listeners])

@@ -171,3 +171,13 @@ async def assert_streams_complete(engine: AsyncEngine, load: MixedLoad, timeout:
         assert not gaps, f"listener {n}: {len(gaps)} missing, e.g. {gaps[:3]}; {story}"
         assert not extra, f"listener {n}: {len(extra)} not in the log, e.g. {extra[:3]}; {story}"
         assert received == expected, f"listener {n}: out of order"
+
+
+async def assert_nothing_lost(engine: AsyncEngine, load: MixedLoad) -> None:
+    """The database holds every acknowledged write once with its invariants, and every listener (cut off
+    and resumed with Last-Event-ID, or not) holds exactly the event log from its first event on."""
+    try:
+        await assert_database_consistent(engine, load)
+        await assert_streams_complete(engine, load)
+    finally:
+        await engine.dispose()
