@@ -204,11 +204,21 @@ async def commit_request_session() -> None:
         await commit(current)
 
 
+def abandon_request_session() -> None:
+    """The request failed because a dependency did not answer: end its session by dropping its
+    connection rather than rolling back, which on a frozen database would wait out another command
+    timeout before the error could be sent. The server rolls back what a dropped connection began."""
+    g.db_session_abandoned = True
+
+
 async def _close_request_session(_: BaseException | None) -> None:
     # Closing rolls back whatever was not committed: a failed handler leaves no partial writes.
     current: AsyncSession | None = g.pop("db_session", None)
     if current is not None:
-        await current.close()
+        if g.pop("db_session_abandoned", False):
+            await current.invalidate()
+        else:
+            await current.close()
 
 
 def init_app(app: Quart, settings: Settings) -> None:

@@ -12,7 +12,7 @@ from quart import Quart, Response, current_app, jsonify
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from service import log
+from service import db, log
 from service.schemas.envelope import ErrorBody, ErrorOut
 
 logger = log.get(__name__)
@@ -252,6 +252,7 @@ async def _on_unexpected(error: Exception) -> Response:
         return render(MalformedRequest("Text may not contain NUL (\\u0000) characters."))
     if is_unavailable(error):
         logger.warning("dependency_unavailable", error=type(error).__name__, detail=str(error)[:200])
+        db.abandon_request_session()
         return render(ServiceUnavailable())
     logger.error("unhandled_exception", exc_info=error)
     if current_app.extensions.get("sentry"):
