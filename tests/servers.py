@@ -11,6 +11,8 @@ import subprocess
 import sys
 from typing import Any
 
+from service.config import Settings
+
 from .accounts import PASSWORD
 from .conftest import ROOT
 
@@ -20,6 +22,24 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def server_environment(
+    database_url: str, redis_url: str, secret_key: str, **overrides: str
+) -> dict[str, str]:
+    """A served app's process environment: ours, with every setting the service reads replaced (so the
+    developer's own DATABASE_URL or .env values never leak into a test server)."""
+    names = {name.upper() for name in Settings.model_fields} | {"PROMETHEUS_MULTIPROC_DIR"}
+    base = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    return {
+        **base,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": secret_key,
+        "APP_ENV": "production",
+        "LOG_FORMAT": "json",
+        **overrides,
+    }
 
 
 def create_admin(env: dict[str, str]) -> None:

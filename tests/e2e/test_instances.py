@@ -26,12 +26,11 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from service.config import Settings
 from service.events.broker import event_id_key
 
 from ..accounts import PASSWORD
 from ..conftest import ROOT, empty_database
-from ..servers import create_admin, free_port, stop_group
+from ..servers import create_admin, free_port, server_environment, stop_group
 from ..sse import Frame, parse_frame
 
 SECRET_KEY = "e2e-secret-key-shared-by-every-instance-0123456789"
@@ -52,16 +51,7 @@ def backends(database_url: str) -> tuple[str, str]:
 
 
 def _environment(database_url: str, redis_url: str) -> dict[str, str]:
-    names = {name.upper() for name in Settings.model_fields} | {"PROMETHEUS_MULTIPROC_DIR"}
-    base = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    return {
-        **base,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SECRET_KEY": SECRET_KEY,
-        "APP_ENV": "development",
-        "LOG_FORMAT": "json",
-    }
+    return server_environment(database_url, redis_url, SECRET_KEY, APP_ENV="development")
 
 
 @dataclass

@@ -14,27 +14,15 @@ from pathlib import Path
 
 import httpx
 
-from service.config import Settings
-
 from ..conftest import ROOT
-from ..servers import create_admin, free_port, stop_group
+from ..servers import create_admin, free_port, server_environment, stop_group
 
 SECRET_KEY = "fault-tests-secret-key-not-for-production-0123456789"
 
 
 def environment(database_url: str, redis_url: str, **overrides: str) -> dict[str, str]:
-    """The process environment: ours, with every setting the service reads replaced."""
-    names = {name.upper() for name in Settings.model_fields} | {"PROMETHEUS_MULTIPROC_DIR"}
-    base = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    return {
-        **base,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SECRET_KEY": SECRET_KEY,
-        "APP_ENV": "production",
-        "LOG_FORMAT": "json",
-        **overrides,
-    }
+    """The process environment of the service under fault: production settings."""
+    return server_environment(database_url, redis_url, SECRET_KEY, **overrides)
 
 
 class Switchboard:

@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from service.config import Settings
+
+from ..servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -155,13 +156,6 @@ def ensure_admin(backends: Backends) -> None:
     )
     if done.returncode != 0:
         raise RuntimeError(f"create-admin failed:\n{done.stderr[-3000:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
