@@ -77,7 +77,7 @@ def test_pool_options_are_bounded(settings: Settings) -> None:
         assert options["pool_timeout"] == settings.database_pool_timeout
         connect: dict[str, Any] = options["connect_args"]
         assert connect["timeout"] == settings.database_connect_timeout
-        assert connect["server_settings"]["statement_timeout"] == "2500"
+        assert connect["server_settings"]["statement_timeout"] == "2000"
 
 
 class _Scratch(DeclarativeBase):
