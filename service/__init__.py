@@ -7,6 +7,7 @@ import sys
 from quart_schema import Info, QuartSchema
 
 from service import (
+    agent_cache,
     application,
     background,
     cli,
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> Switchboard:
     draining.init_app(app)
     notifications.init_app(app, settings)
     presence.init_app(app)
+    agent_cache.init_app(app, settings.agent_cache_size, settings.agent_cache_seconds)
     outbox.init_app(app, settings)
     stream.init_app(app, settings)
     sweeper.init_app(app, settings)

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, event, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from service import metrics
@@ -181,7 +182,7 @@ async def lead(session: AsyncSession, key: int) -> bool:
     return bool(await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}))
 
 
-def after_commit(session: AsyncSession, action: AfterCommit) -> None:
+def after_commit(session: AsyncSession | Session, action: AfterCommit) -> None:
     """Run `action` once `session` commits (cache invalidation that must not precede the commit).
 
     The same action registered twice runs once: a transaction writing many events wakes the relay once.

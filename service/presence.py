@@ -3,10 +3,17 @@ must not cost a row write. Redis when configured (shared by every process), else
 
 The database holds the status and its changes; this store holds the liveness the sweeper reads. Losing
 it (a Redis flush) only makes agents look silent until their next beat, which puts them back online.
+
+Beside each beat the store keeps the agent's record **version**: a random value replaced after every
+commit that changed the agent's row (and one for the whole table, replaced after a change whose agents
+are not known one by one). Each process caches agents' views under the version they were read at
+(service/agent_cache.py); a read or a beat gets the beat and the version in the same round trip, so a
+cached view is checked against every process's latest commit at no extra cost.
 """
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +27,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from service import redis_client
 
 KEY = "sb:presence"
+# The version fields beside the beats: one per agent, and one for changes of agents not known one by one.
+VERSION_PREFIX = "v:"
+EVERY_AGENT = "v:*"
+# Beside the per-agent version in a version string when the store holds none (never changed, or flushed).
+_NONE = "-"
+
+# A beat and the agent's version in one call: HSET the beat, HMGET the two version fields.
+_RECORD_AND_VERSION = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HMGET', KEYS[1], ARGV[3], ARGV[4])
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +51,51 @@ def _encode(beat: Beat) -> str:
 
 
 def _decode(raw: bytes | str) -> Beat:
-    text = raw.decode() if isinstance(raw, bytes) else raw
+    text = _text(raw)
     at, _, load = text.partition("|")
     return Beat(datetime.fromtimestamp(float(at), UTC), float(load) if load else None)
 
 
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _version(agent: bytes | str | None, every: bytes | str | None) -> str:
+    """An agent's version string: its own field and the whole table's, either of which a change replaces."""
+    return f"{_NONE if agent is None else _text(agent)}/{_NONE if every is None else _text(every)}"
+
+
+def _version_field(agent_id: uuid.UUID) -> str:
+    return f"{VERSION_PREFIX}{agent_id}"
+
+
+def new_version() -> str:
+    # Random rather than counted: a flushed or restarted store can never hand out a value seen before.
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """What the store knows of an agent: its last beat (if any) and its record's version."""
+
+    beat: Beat | None
+    version: str
+
+
 class Presence(Protocol):
-    async def record(self, agent_id: uuid.UUID, beat: Beat) -> None: ...
+    async def record(self, agent_id: uuid.UUID, beat: Beat) -> str | None:
+        """Note the beat; returns the agent's version, or None when the store did not answer."""
+        ...
 
     async def last(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Beat]: ...
+
+    async def look(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Live]:
+        """The agents' last beats and versions (every agent asked for is in the answer)."""
+        ...
+
+    async def bump(self, agent_ids: Iterable[uuid.UUID], every_agent: bool) -> None:
+        """Replace the versions of these agents (of every agent when `every_agent`): their rows changed."""
+        ...
 
     async def forget(self, agent_id: uuid.UUID) -> None: ...
 
@@ -49,15 +103,31 @@ class Presence(Protocol):
 class MemoryPresence:
     def __init__(self) -> None:
         self._beats: dict[uuid.UUID, Beat] = {}
+        self._versions: dict[str, str] = {}
 
-    async def record(self, agent_id: uuid.UUID, beat: Beat) -> None:
+    async def record(self, agent_id: uuid.UUID, beat: Beat) -> str | None:
         self._beats[agent_id] = beat
+        return self._version_of(agent_id)
 
     async def last(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Beat]:
         return {agent_id: self._beats[agent_id] for agent_id in agent_ids if agent_id in self._beats}
 
+    async def look(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Live]:
+
+        version = self._version_of
+        return {agent_id: Live(self._beats.get(agent_id), version(agent_id)) for agent_id in agent_ids}
+
+    async def bump(self, agent_ids: Iterable[uuid.UUID], every_agent: bool) -> None:
+        for agent_id in agent_ids:
+            self._versions[_version_field(agent_id)] = new_version()
+        if every_agent:
+            self._versions[EVERY_AGENT] = new_version()
+
     async def forget(self, agent_id: uuid.UUID) -> None:
         self._beats.pop(agent_id, None)
+
+    def _version_of(self, agent_id: uuid.UUID) -> str:
+        return _version(self._versions.get(_version_field(agent_id)), self._versions.get(EVERY_AGENT))
 
 
 class RedisPresence:
@@ -70,18 +140,28 @@ class RedisPresence:
     def __init__(self, redis: Redis, breaker: redis_client.Breaker | None = None) -> None:
         self._redis = redis
         self._breaker = breaker or redis_client.Breaker("presence")
+        self._record_script = redis.register_script(_RECORD_AND_VERSION)
+        # Version changes Redis did not take (it failed after the commit): written before anything else
+        # once it answers again. Meanwhile the caches' entry lifetime bounds what another process may show.
+        self._unbumped: set[uuid.UUID] = set()
+        # Changes of every agent waiting: a count, since more may come while one is being written.
+        self._unbumped_every = 0
 
-    async def record(self, agent_id: uuid.UUID, beat: Beat) -> None:
+    async def record(self, agent_id: uuid.UUID, beat: Beat) -> str | None:
         # Redis down: the beat is not noted, but the agent's answer still comes. The sweeper cannot read
         # presence either meanwhile, so nobody is marked offline for Redis's silence.
         if not self._breaker.allows():
-            return
+            return None
         try:
-            await self._redis.hset(KEY, str(agent_id), _encode(beat))
+            await self._catch_up()
+            agent, every = await self._record_script(
+                keys=[KEY], args=[str(agent_id), _encode(beat), _version_field(agent_id), EVERY_AGENT]
+            )
         except redis_client.FAILURES as error:
             self._breaker.failed(error)
-        else:
-            self._breaker.answered()
+            return None
+        self._breaker.answered()
+        return _version(agent, every)
 
     async def last(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Beat]:
         """The last beats of these agents.
@@ -90,17 +170,71 @@ class RedisPresence:
             redis.exceptions.ConnectionError (one of redis_client.FAILURES): Redis is down.
         """
         ids = list(agent_ids)
+        values = await self._fields([str(agent_id) for agent_id in ids])
+        return {agent_id: _decode(raw) for agent_id, raw in zip(ids, values, strict=True) if raw is not None}
+
+    async def look(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Live]:
+        """The agents' beats and versions in one HMGET.
+
+        Raises:
+            redis.exceptions.ConnectionError (one of redis_client.FAILURES): Redis is down.
+        """
+        ids = list(agent_ids)
         if not ids:
             return {}
+        fields = [EVERY_AGENT]
+        for agent_id in ids:
+            fields += [str(agent_id), _version_field(agent_id)]
+        every, *values = await self._fields(fields)
+        return {
+            agent_id: Live(None if raw is None else _decode(raw), _version(version, every))
+            for agent_id, raw, version in zip(ids, values[0::2], values[1::2], strict=True)
+        }
+
+    async def _fields(self, fields: list[str]) -> list[bytes | str | None]:
+        """HMGET, after writing any version change Redis missed.
+
+        Raises:
+            redis.exceptions.ConnectionError (one of redis_client.FAILURES): Redis is down.
+        """
+        if not fields:
+            return []
         if not self._breaker.allows():
             raise RedisConnectionError("Redis failed moments ago; not asked again yet")
         try:
-            values = await self._redis.hmget(KEY, [str(agent_id) for agent_id in ids])
+            await self._catch_up()
+            values: list[bytes | str | None] = await self._redis.hmget(KEY, fields)
         except redis_client.FAILURES as error:
             self._breaker.failed(error)
             raise
         self._breaker.answered()
-        return {agent_id: _decode(raw) for agent_id, raw in zip(ids, values, strict=True) if raw is not None}
+        return values
+
+    async def bump(self, agent_ids: Iterable[uuid.UUID], every_agent: bool) -> None:
+        """Replace the versions; what Redis does not take now it gets before anything else later."""
+        self._unbumped.update(agent_ids)
+        self._unbumped_every += every_agent
+        if not self._breaker.allows():
+            return
+        try:
+            await self._catch_up()
+        except redis_client.FAILURES as error:
+            self._breaker.failed(error)
+        else:
+            self._breaker.answered()
+
+    async def _catch_up(self) -> None:
+        """Write the version changes not yet written (cheap when there are none: the common case)."""
+        if not self._unbumped and not self._unbumped_every:
+            return
+        ids, every = set(self._unbumped), self._unbumped_every
+        changed = {_version_field(agent_id): new_version() for agent_id in ids}
+        if every:
+            changed[EVERY_AGENT] = new_version()
+        await self._redis.hset(KEY, mapping=changed)  # type: ignore[arg-type]
+        # Only what was written is done: a bump queued while the HSET waited stays for the next call.
+        self._unbumped -= ids
+        self._unbumped_every -= every
 
     async def forget(self, agent_id: uuid.UUID) -> None:
         await self._redis.hdel(KEY, str(agent_id))

@@ -14,7 +14,7 @@ from quart_schema import (
     validate_response,
 )
 
-from service import config, db, identity, permissions, presence
+from service import agent_cache, config, db, identity, permissions, presence
 from service.models.agents import Agent
 from service.pagination import PageQuery
 from service.schemas.agents import (
@@ -157,7 +157,8 @@ async def get_agent(agent_id: uuid.UUID) -> Success[AgentOut]:
 
     With its live status, load and last heartbeat.
     """
-    return Success[AgentOut](data=await _one(await agents.get_agent(db.session(), agent_id)))
+    found = await agents.read_view(db.session(), presence.current(), agent_cache.current(), agent_id)
+    return Success[AgentOut](data=found)
 
 
 @blueprint.patch("/<uuid:agent_id>")
@@ -209,11 +210,12 @@ async def post_heartbeat(agent_id: uuid.UUID, data: HeartbeatIn) -> Success[Hear
     its open assignments and the interval the server wants between heartbeats. A change of status is
     published to event subscribers; an unchanged beat writes nothing to the database.
     """
-    agent, work = await agents.record_heartbeat(
-        db.session(), presence.current(), await identity.current_agent(), agent_id, data
+    caller = await identity.current_agent()
+    status, work = await agents.record_heartbeat(
+        db.session(), presence.current(), agent_cache.current(), caller, agent_id, data
     )
     out = HeartbeatOut(
-        status=agent.status,
+        status=status,
         assignments=[AssignmentOut.model_validate(a) for a in work],
         heartbeat_interval=config.current().agent_heartbeat_interval,
     )

@@ -2,7 +2,9 @@
 deleting, rotating their tokens, and recording their heartbeats.
 
 A heartbeat that changes nothing writes nothing to the database: its time and load go to the presence
-store. Only a change of status (or of metadata) becomes a row update and an event.
+store. Only a change of status (or of metadata) becomes a row update and an event. A single agent's view
+comes from the process's agent cache while its version matches (service/agent_cache.py): a beat that
+changes nothing, or a read of an agent that did not change, then touches no database at all.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import errors, identity, pagination, presence, tokens
+from service import agent_cache, errors, identity, pagination, presence, redis_client, tokens
 from service.events import outbox
 from service.identity import AgentIdentity, Identity
 from service.models import agents as states
@@ -45,9 +47,20 @@ def effective_status() -> ColumnElement[str]:
 
 def view(agent: Agent, beat: presence.Beat | None) -> AgentOut:
     """The agent as the API shows it, with the live heartbeat time and load from the presence store."""
-    last = agent.last_heartbeat_at
-    if beat is not None and (last is None or beat.at > last):
-        last = beat.at
+    return with_beat(_record_view(agent), beat)
+
+
+def with_beat(record: AgentOut, beat: presence.Beat | None) -> AgentOut:
+    """The view of the agent's row completed with its last beat (the row holds the status changes')."""
+    if beat is None:
+        return record
+    last = record.last_heartbeat_at
+    return record.model_copy(
+        update={"load": beat.load, "last_heartbeat_at": beat.at if last is None or beat.at > last else last}
+    )
+
+
+def _record_view(agent: Agent) -> AgentOut:
     return AgentOut(
         id=agent.id,
         name=agent.name,
@@ -60,8 +73,8 @@ def view(agent: Agent, beat: presence.Beat | None) -> AgentOut:
         mode=agent.mode,
         pause_note=agent.pause_note,
         resume_at=agent.resume_at,
-        load=beat.load if beat is not None else None,
-        last_heartbeat_at=last,
+        load=None,
+        last_heartbeat_at=agent.last_heartbeat_at,
         status_changed_at=agent.status_changed_at,
         created_at=agent.created_at,
         updated_at=agent.updated_at,
@@ -121,6 +134,30 @@ async def get_agent(session: AsyncSession, agent_id: uuid.UUID) -> Agent:
     if agent is None or agent.is_deleted:
         raise errors.NotFound("No such agent.")
     return agent
+
+
+async def read_view(
+    session: AsyncSession,
+    presence_store: presence.Presence,
+    cache: agent_cache.AgentCache,
+    agent_id: uuid.UUID,
+) -> AgentOut:
+    """One agent as the API shows it: its row's view from the cache while the agent's version is the one
+    it was read under, else from the database; with its last beat (read with the version, one call).
+
+    Raises:
+        NotFound: no such live agent.
+    """
+    try:
+        live: presence.Live | None = (await presence_store.look([agent_id]))[agent_id]
+    except redis_client.FAILURES:
+        live = None  # no version to check against: the database answers (the store logged the outage)
+    record = cache.get(agent_id, live.version) if live is not None else None
+    if record is None:
+        record = _record_view(await get_agent(session, agent_id))
+        if live is not None:
+            cache.put(agent_id, live.version, record)
+    return with_beat(record, live.beat if live is not None else None)
 
 
 async def list_agents(session: AsyncSession, query: AgentQuery) -> tuple[Sequence[Agent], int]:
@@ -274,20 +311,28 @@ async def open_work(session: AsyncSession, agent_id: uuid.UUID) -> Sequence[Assi
 async def record_heartbeat(
     session: AsyncSession,
     presence_store: presence.Presence,
+    cache: agent_cache.AgentCache,
     caller: AgentIdentity,
     agent_id: uuid.UUID,
     beat: HeartbeatIn,
-) -> tuple[Agent, Sequence[Assignment]]:
+) -> tuple[str, Sequence[Assignment]]:
     """Note that the agent is alive; a change of status is written and published, nothing else is.
+    Returns the agent's status and the work it holds.
 
     Raises:
         NotFound: no such agent, or the token is another agent's.
     """
     if caller.agent_id != agent_id:
         raise errors.NotFound("No such agent.")
-    agent = await get_agent(session, agent_id)
     now = datetime.now(UTC)
-    await presence_store.record(agent.id, presence.Beat(now, beat.load))
+    # The version comes back with the beat's write, before any database read (see agent_cache).
+    version = await presence_store.record(agent_id, presence.Beat(now, beat.load))
+    cached = cache.get(agent_id, version) if version is not None else None
+    # The common beat: unchanged, from an agent holding no work (open_assignments counts its held work
+    # in the same transactions that change it, the capacity invariant): nothing to read or write.
+    if cached is not None and _changes_nothing(cached, beat) and cached.open_assignments == 0:
+        return cached.status, []
+    agent = await get_agent(session, agent_id)
     changed = agent.reported_status != beat.status
     if beat.metadata is not None and beat.metadata != agent.metadata_:
         agent.metadata_ = beat.metadata
@@ -300,12 +345,17 @@ async def record_heartbeat(
         record_event(session, "agent.status_changed", agent, **{"from": before, "to": agent.status})
         await session.flush()
         await assignments.dispatch_to(session, agent.id)
-    # open_assignments counts the agent's held work in the same transactions that change it (the
-    # capacity invariant), so the common beat, unchanged from an idle agent, skips the query. (A change
-    # may just have dispatched work, which the loaded row does not count yet.)
+    elif version is not None and not agent_cache.changed_agents(session.sync_session):
+        cache.put(agent_id, version, _record_view(agent))
+    # (A change may just have dispatched work, which the loaded row does not count yet.)
     if not changed and agent.open_assignments == 0:
-        return agent, []
-    return agent, await open_work(session, agent.id)
+        return agent.status, []
+    return agent.status, await open_work(session, agent.id)
+
+
+def _changes_nothing(record: AgentOut, beat: HeartbeatIn) -> bool:
+    same_metadata = beat.metadata is None or beat.metadata == record.metadata
+    return record.reported_status == beat.status and same_metadata
 
 
 async def summary(session: AsyncSession) -> dict[str, Any]:

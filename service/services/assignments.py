@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, Select, and_, cast, exists, func, literal,
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import db, errors, pagination
+from service import agent_cache, db, errors, pagination
 from service.events import outbox
 from service.identity import AgentIdentity, Identity
 from service.models import agents as agent_states
@@ -92,7 +92,7 @@ async def _claim_capacity(session: AsyncSession, agent_id: uuid.UUID, *, auto: b
             Agent.open_assignments < Agent.max_concurrent,
         )
         .values(open_assignments=Agent.open_assignments + 1, last_assigned_at=datetime.now(UTC))
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, **agent_cache.touches(agent_id))
     )
     return bool(won.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -102,7 +102,7 @@ async def release_capacity(session: AsyncSession, agent_id: uuid.UUID) -> None:
         update(Agent)
         .where(Agent.id == agent_id, Agent.open_assignments > 0)
         .values(open_assignments=Agent.open_assignments - 1)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, **agent_cache.touches(agent_id))
     )
 
 
@@ -359,7 +359,7 @@ async def requeue_held(session: AsyncSession, agent_id: uuid.UUID) -> list[uuid.
         update(Agent)
         .where(Agent.id == agent_id)
         .values(open_assignments=0)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False, **agent_cache.touches(agent_id))
     )
     for assignment in held:
         outbox.record(
