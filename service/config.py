@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # at most (it is checked against the agent's version on every use; the age only bounds what a
     # version change lost to a Redis failure could hide). 0 entries turns the cache off.
     agent_cache_size: int = Field(default=20_000, ge=0, le=1_000_000)
-    agent_cache_seconds: float = Field(default=30.0, gt=0, le=3600)
+    agent_cache_seconds: float = Field(default=60.0, gt=0, le=3600)
 
     # Events: the replay window a reconnecting subscriber can resume within, and the SSE stream limits.
     event_retention_count: int = Field(default=10_000, ge=100, le=10_000_000)

@@ -17,9 +17,20 @@ from service.models.registry import metadata
 
 from .conftest import alembic_config
 
+_POSTGRESQL_ONLY = {
+    index.name
+    for table in metadata.tables.values()
+    for index in table.indexes
+    if index.info.get("postgresql_only")
+}
+
 
 def _diff(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    def include(item: object, name: str | None, kind: str, reflected: bool, compare_to: object) -> bool:
+        # Indexes the models mark PostgreSQL-only exist on PostgreSQL only.
+        return connection.dialect.name == "postgresql" or kind != "index" or name not in _POSTGRESQL_ONLY
+
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include})
     return list(compare_metadata(context, metadata))
 
 

@@ -418,6 +418,39 @@ async def test_a_full_batch_asks_for_another_round(make_app: AppMaker, receiver:
     assert {row.status for row in await rows(app)} == {DELIVERED}
 
 
+async def test_a_round_records_its_deliveries_but_not_a_row_claimed_again_meanwhile(
+    make_app: AppMaker, receiver: Receiver
+) -> None:
+    """A round records every delivery at its end, in one statement, guarded by each row's attempt count:
+    a row another process claimed again during the round (its lease ran out) keeps that claim."""
+    app = await webhook_app(make_app, receiver)
+    for n in range(3):
+        await enqueue(app, payload={"n": n})
+    reclaimed = (await rows(app))[0].id
+    database: db.Database = app.extensions["db"]
+    sent: list[str] = []
+
+    class ReclaimingNotifier:
+        async def send(self, delivery: notifiers.Delivery) -> None:
+            sent.append(str(delivery.id))
+            if delivery.id == reclaimed:  # as if its lease ended and another process claimed it
+                async with database.sessionmaker() as session, session.begin():
+                    await session.execute(
+                        update(Notification)
+                        .where(Notification.id == reclaimed)
+                        .values(attempts=Notification.attempts + 1)
+                    )
+
+    assert (
+        await notifications.deliver_due(database, {"webhook": ReclaimingNotifier()}, settings_of(app))
+        is False
+    )
+    assert len(sent) == 3
+    by_id = {row.id: row for row in await rows(app)}
+    assert by_id.pop(reclaimed).status == QUEUED  # the other claim decides this one
+    assert {row.status for row in by_id.values()} == {DELIVERED}
+
+
 async def test_concurrent_deliverers_never_send_one_notification_twice(
     make_app: AppMaker, receiver: Receiver
 ) -> None:
