@@ -76,6 +76,14 @@ class RedisCache:
         self._breaker.answered()
         return [value.decode() if isinstance(value, bytes) else value for value in values]
 
+    def keys_to_read_elsewhere(self, keys: list[str]) -> list[str] | None:
+        """The Redis keys of these entries, for another caller to read in its own Redis call (the rate
+        limiter reads the caller's entries in its script); None when they must be read here: a deletion
+        is waiting to be retried (reading around it could see a revoked session), or Redis just failed."""
+        if self._undeleted or self._breaker.down:
+            return None
+        return [PREFIX + key for key in keys]
+
     async def set(self, key: str, value: str, ttl_seconds: int) -> None:
         if not self._breaker.allows():
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ T = TypeVar("T")
 
 # How long what a user may do is cached; any change to the user deletes the entry at once.
 GRANTS_TTL_SECONDS = 300
+# Agent tokens each process remembers the agent of, for the rate limiter's key (see _KnownAgents).
+KNOWN_AGENT_TOKENS = 50_000
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,16 @@ class AgentIdentity:
     agent_id: uuid.UUID
 
 
+@dataclass(frozen=True)
+class Prefetch:
+    """What a request's credential needs from the auth cache, known without any I/O, so that the rate
+    limiter can read it in the same Redis call as the limits; and the caller's key for those limits."""
+
+    keys: list[str]  # the cache's names for the entries
+    redis_keys: list[str]  # the same entries' Redis keys
+    caller: str
+
+
 class Principal(AuthUser):
     """quart-auth's user: authenticated only while its session is live and its user active."""
 
@@ -77,6 +90,8 @@ class Principal(AuthUser):
     ) -> None:
         super().__init__(auth_id, action)
         self._bearer = bearer
+        # Auth cache entries already read for this request (by the rate limiter's call), by cache key.
+        self._primed: dict[str, str | None] = {}
         self._resolved = False
         self._identity: Identity | None = None
         self._agent_resolved = False
@@ -91,10 +106,18 @@ class Principal(AuthUser):
         """Whether the browser's cookie (sent whichever site asked) is the credential, not a bearer."""
         return self._bearer is None and self.auth_id is not None
 
+    @property
+    def bearer(self) -> str | None:
+        return self._bearer
+
+    def prime(self, entries: dict[str, str | None]) -> None:
+        """Auth cache entries read for this request elsewhere: used instead of reading them again."""
+        self._primed.update(entries)
+
     async def identity(self) -> Identity | None:
         """The user behind the credentials; None for an agent's token or none at all."""
         if not self._resolved:
-            self._identity = await _resolve(self._bearer, self.auth_id)
+            self._identity = await _resolve(self._bearer, self.auth_id, self._primed)
             self._resolved = True
         return self._identity
 
@@ -104,7 +127,7 @@ class Principal(AuthUser):
             return None
         # Resolved once per request: the rate limiter asks before the view does.
         if not self._agent_resolved:
-            self._agent = await _resolve_agent(self._bearer)
+            self._agent = await _resolve_agent(self._bearer, self._primed)
             self._agent_resolved = True
         return self._agent
 
@@ -125,7 +148,65 @@ def _cache() -> Cache:
     return cache
 
 
-async def _resolve(bearer: str | None, cookie_session: str | None) -> Identity | None:
+def prefetch() -> Prefetch | None:
+    """For the rate limiter: the current request's caller key and the auth cache entries it will need,
+    when the credential tells them without any I/O (a signed access token names its user and session;
+    an agent token this process has resolved before names its agent). None otherwise, or when the cache
+    must be read through itself (see RedisCache.keys_to_read_elsewhere): the request resolves as usual."""
+    cache = _cache()
+    bearer = current_principal().bearer
+    if not isinstance(cache, RedisCache) or bearer is None or bearer.startswith(tokens.API_TOKEN_PREFIX):
+        return None
+    if bearer.startswith(tokens.AGENT_PREFIX):
+        token_hash = tokens.digest(bearer)
+        agent_id = _known_agents().get(token_hash)
+        if agent_id is None:
+            return None
+        # A hint for the limit's key only: whether the token still works is what the cache entry says.
+        keys, caller = [agent_token_key(token_hash)], f"agent:{agent_id}"
+    else:
+        try:
+            claims = tokens.decode_access_token(config.current().secret_key, bearer)
+        except tokens.InvalidToken:
+            return None
+        keys, caller = [_session_key(claims.session_id), user_key(claims.user_id)], f"user:{claims.user_id}"
+    redis_keys = cache.keys_to_read_elsewhere(keys)
+    return None if redis_keys is None else Prefetch(keys, redis_keys, caller)
+
+
+async def _cached(keys: list[str], primed: dict[str, str | None]) -> list[str | None]:
+    """The cache entries, from what was read for the request already when it holds them all."""
+    if all(key in primed for key in keys):
+        return [primed[key] for key in keys]
+    return await _cache().get_many(keys)
+
+
+class _KnownAgents:
+    """Agent tokens this process has resolved, by hash: the agent each names, as the rate limiter's key
+    (an LRU of bounded size; a stale hint only counts a request against the agent it last named)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._agents: OrderedDict[str, uuid.UUID] = OrderedDict()
+
+    def get(self, token_hash: str) -> uuid.UUID | None:
+        return self._agents.get(token_hash)
+
+    def add(self, token_hash: str, agent_id: uuid.UUID) -> None:
+        self._agents[token_hash] = agent_id
+        self._agents.move_to_end(token_hash)
+        if len(self._agents) > self._size:
+            self._agents.popitem(last=False)
+
+
+def _known_agents() -> _KnownAgents:
+    known: _KnownAgents = current_app.extensions["auth_known_agents"]
+    return known
+
+
+async def _resolve(
+    bearer: str | None, cookie_session: str | None, primed: dict[str, str | None]
+) -> Identity | None:
     settings = config.current()
     if bearer is not None and bearer.startswith(tokens.API_TOKEN_PREFIX):
         return await _resolve_api_token(bearer)
@@ -139,8 +220,8 @@ async def _resolve(bearer: str | None, cookie_session: str | None) -> Identity |
         user_id: uuid.UUID | None = claims.user_id
         session_id = claims.session_id
         # The token names the user, so the session and the user's grants come in one cache round trip.
-        cached_session, cached_grants = await _cache().get_many(
-            [_session_key(session_id), user_key(claims.user_id)]
+        cached_session, cached_grants = await _cached(
+            [_session_key(session_id), user_key(claims.user_id)], primed
         )
     elif cookie_session is not None:
         try:
@@ -196,10 +277,11 @@ def agent_token_key(token_hash: str) -> str:
     return f"agenttok:{token_hash}"
 
 
-async def _resolve_agent(secret: str) -> AgentIdentity | None:
+async def _resolve_agent(secret: str, primed: dict[str, str | None]) -> AgentIdentity | None:
     token_hash = tokens.digest(secret)
-    (cached,) = await _cache().get_many([agent_token_key(token_hash)])
+    (cached,) = await _cached([agent_token_key(token_hash)], primed)
     if cached is not None:
+        _known_agents().add(token_hash, uuid.UUID(cached))
         return AgentIdentity(uuid.UUID(cached))
     found = (
         await db.session().execute(
@@ -209,6 +291,7 @@ async def _resolve_agent(secret: str) -> AgentIdentity | None:
     if found is None:
         return None
     await _cache().set(agent_token_key(token_hash), str(found), GRANTS_TTL_SECONDS)
+    _known_agents().add(token_hash, found)
     return AgentIdentity(found)
 
 
@@ -387,3 +470,4 @@ def init_app(app: Quart, settings: Settings) -> None:
     async def _open_cache() -> None:
         redis = app.extensions.get("redis")
         app.extensions["auth_cache"] = RedisCache(redis) if redis is not None else MemoryCache()
+        app.extensions["auth_known_agents"] = _KnownAgents(KNOWN_AGENT_TOKENS)

@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network, IPv6Network
@@ -117,6 +117,9 @@ class Decision:
 
     tats: tuple[float, ...]
     refused: int | None
+    # The values of the keys the caller asked to have read in the same call (see Store.acquire); None
+    # when they were not read (Redis is down and the limits were counted in memory).
+    reads: tuple[str | None, ...] | None = None
 
 
 def decide(stored: list[float], checks: list[Check], now: float) -> Decision:
@@ -133,23 +136,28 @@ def decide(stored: list[float], checks: list[Check], now: float) -> Decision:
 
 # decide() in Lua, so reading and moving every TAT is one atomic round trip: workers and instances
 # cannot both pass the last allowance, and a request costs one Redis call however many limits it has.
-# KEYS: the checks' keys; ARGV: now, then inverse and max_interval of each check (seconds).
+# The same call reads the caller's auth cache entries (identity.prefetch), which the request needs next.
+# KEYS: the checks' keys, then the keys to read; ARGV: now, then inverse and max_interval of each check.
 _GCRA_SCRIPT = """
 local now = tonumber(ARGV[1])
+local checks = (#ARGV - 1) / 2
 local tats = {}
 local refused = 0
-for i, key in ipairs(KEYS) do
-  tats[i] = math.max(tonumber(redis.call('GET', key) or '0'), now)
+for i = 1, checks do
+  tats[i] = math.max(tonumber(redis.call('GET', KEYS[i]) or '0'), now)
   if refused == 0 and tats[i] - now > tonumber(ARGV[2 * i + 1]) then refused = i end
 end
 local out = {tostring(refused)}
-for i, key in ipairs(KEYS) do
+for i = 1, checks do
   if refused == 0 then
     tats[i] = tats[i] + tonumber(ARGV[2 * i])
     local ttl = math.max(1, math.ceil((tats[i] - now) * 1000))
-    redis.call('SET', key, string.format('%.17g', tats[i]), 'PX', ttl)
+    redis.call('SET', KEYS[i], string.format('%.17g', tats[i]), 'PX', ttl)
   end
   out[i + 1] = string.format('%.17g', tats[i])
+end
+for i = checks + 1, #KEYS do
+  out[i + 1] = redis.call('GET', KEYS[i])
 end
 return out
 """
@@ -178,21 +186,28 @@ class Store(RateLimiterStoreABC):
     async def after_serving(self) -> None:
         """Nothing to close, for the same reason."""
 
-    async def acquire(self, checks: list[Check], now: float) -> Decision:
-        """Count one request against every check, unless one of them refuses it."""
+    async def acquire(self, checks: list[Check], now: float, reads: Sequence[str] = ()) -> Decision:
+        """Count one request against every check, unless one of them refuses it; and read the Redis
+        keys `reads` in the same call (Decision.reads; not read when Redis is down)."""
         client = self._client()
         if client is not None:
             if self._script is None or self._script.registered_client is not client:
                 self._script = client.register_script(_GCRA_SCRIPT)
             arguments = [now, *(value for check in checks for value in (check.inverse, check.max_interval))]
+            keys = [*(KEY_PREFIX + check.key for check in checks), *reads]
             try:
-                raw = await self._script(keys=[KEY_PREFIX + check.key for check in checks], args=arguments)
+                raw = await self._script(keys=keys, args=arguments)
             except redis_client.FAILURES as error:
                 self._breaker.failed(error)
             else:
                 self._breaker.answered()
                 refused = int(raw[0])
-                return Decision(tuple(float(tat) for tat in raw[1:]), refused - 1 if refused else None)
+                tats, values = raw[1 : len(checks) + 1], raw[len(checks) + 1 :]
+                return Decision(
+                    tuple(float(tat) for tat in tats),
+                    refused - 1 if refused else None,
+                    tuple(value.decode() if isinstance(value, bytes) else value for value in values),
+                )
         decision = decide([self.memory.get(check.key) for check in checks], checks, now)
         if decision.refused is None:
             for check, tat in zip(checks, decision.tats, strict=True):
@@ -232,6 +247,11 @@ class _Limiter(RateLimiter):
         limits = [limit for limit in limits if not await self._should_skip(limit)]
         if not limits:
             return
+        # Who is calling, as far as the credential says without any I/O: the caller's key, and the auth
+        # cache entries the request needs next, read in the same Redis call as the limits.
+        prefetch = identity.prefetch()
+        if prefetch is not None:
+            g.rate_limit_caller = prefetch.caller
         checks = [
             Check(
                 await self._create_key(request.endpoint or "", limit),
@@ -241,7 +261,9 @@ class _Limiter(RateLimiter):
             for limit in limits
         ]
         now = time.time()
-        decision = await self.store.acquire(checks, now)
+        decision = await self.store.acquire(checks, now, prefetch.redis_keys if prefetch is not None else ())
+        if prefetch is not None and decision.reads is not None:
+            identity.current_principal().prime(dict(zip(prefetch.keys, decision.reads, strict=True)))
         g.rate_limit_state = (limits, decision, now)
         if decision.refused is not None:
             tat = decision.tats[decision.refused]
