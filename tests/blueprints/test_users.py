@@ -43,6 +43,10 @@ async def test_admin_lists_pages_filters_and_sorts(client: QuartClient, app: Swi
     }
     second = await (await client.get(f"{USERS}?per_page=2&page=2&sort=username", headers=admin)).get_json()
     assert [u["username"] for u in second["data"]] == ["carol", "root"]
+    # A page past the end has no rows, and still the total.
+    beyond = await (await client.get(f"{USERS}?per_page=2&page=3&sort=username", headers=admin)).get_json()
+    assert beyond["data"] == []
+    assert (beyond["pagination"]["total_items"], beyond["pagination"]["has_prev"]) == (4, True)
     descending = await (await client.get(f"{USERS}?sort=-username", headers=admin)).get_json()
     assert [u["username"] for u in descending["data"]] == ["root", "carol", "bob", "alice"]
     found = await (await client.get(f"{USERS}?q=AR", headers=admin)).get_json()
