@@ -76,9 +76,9 @@ def configure(level: str, fmt: str) -> None:
         )
     )
     # Every request writes an access line: skip what the renderer never prints (the stdlib's documented
-    # switches for the caller's thread, process and source position), about a seventh of a line's cost.
+    # switches for the caller's thread, process name and source position), about a seventh of a line's
+    # cost. The process id stays: hypercorn's own error log format prints it.
     logging.logThreads = False
-    logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None
     root = logging.getLogger()

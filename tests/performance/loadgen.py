@@ -59,7 +59,8 @@ class Connection:
 
 
 async def each_once(url: str, requests: Sequence[bytes], concurrency: int = 32) -> Counter[int]:
-    """Send every request once, `concurrency` at a time; the count of each status."""
+    """Send every request once, `concurrency` at a time; the count of each status (0: the server closed
+    the connection instead of answering; the next request goes on a new one)."""
     statuses: Counter[int] = Counter()
     queue = list(reversed(requests))
 
@@ -67,7 +68,12 @@ async def each_once(url: str, requests: Sequence[bytes], concurrency: int = 32) 
         connection = await Connection.open(url)
         try:
             while queue:
-                status, _ = await connection.exchange(queue.pop())
+                try:
+                    status, _ = await connection.exchange(queue.pop())
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    status = 0
+                    connection.close()
+                    connection = await Connection.open(url)
                 statuses[status] += 1
         finally:
             connection.close()
