@@ -48,14 +48,23 @@ class Switchboard(Quart):
     request_class = JSONRequest
     session_interface = _NoSessions()  # type: ignore[assignment]
 
+    async def preprocess_request(self, request_context: RequestContext | None = None) -> Any:
+        """Run the before-request hooks (some ask who is calling, from the database) within the deadline
+        of the request's database work."""
+        async with db.request_deadline():
+            return await super().preprocess_request(request_context)
+
     async def dispatch_request(self, request_context: RequestContext | None = None) -> Any:
         """Run the view, then commit its session before the response is made.
 
         Committing here rather than in after_request means a failed commit (a constraint, a lost
-        database) is handled like any other error from the view: a 409 or 503, never a 200.
+        database) is handled like any other error from the view: a 409 or 503, never a 200. Both run
+        within the deadline of the request's database work, so that a database that stops answering
+        costs a request one deadline, then a 503.
         """
-        result = await super().dispatch_request(request_context)
-        await db.commit_request_session()
+        async with db.request_deadline():
+            result = await super().dispatch_request(request_context)
+            await db.commit_request_session()
         return result
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +29,9 @@ class Database:
     # Sessions for safe requests (GET, HEAD): each statement commits on its own, so a read costs its
     # query alone, without the BEGIN and COMMIT round trips around it (same pool, same connections).
     reader: async_sessionmaker[AsyncSession]
+    # The most a request may spend on the database, from the moment it asks for its session
+    # (DATABASE_REQUEST_TIMEOUT); None on SQLite, whose requests queue for its one connection.
+    request_timeout: float | None = None
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
@@ -83,7 +88,20 @@ def make_engine(database_url: str, **options: Any) -> AsyncEngine:
     engine = create_async_engine(url, **options)
     if sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        event.listen(engine.sync_engine, "close", _drop_at_once)
     return engine
+
+
+def _drop_at_once(dbapi_connection: Any, _: ConnectionPoolEntry) -> None:
+    """Close the socket of a connection the pool lets go, without a goodbye to the server.
+
+    SQLAlchemy closes an invalidated or recycled asyncpg connection gracefully first, waiting up to 2 s for
+    the server to acknowledge; when the server is frozen (often why the connection is let go) every
+    request that let one go waited that long. The pool has already rolled back what it closes, and the
+    server rolls back anything a dropped connection left open.
+    """
+    dbapi_connection.driver_connection.terminate()
 
 
 def ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
@@ -125,6 +143,7 @@ def open_database(settings: Settings) -> Database:
         engine,
         async_sessionmaker(engine, expire_on_commit=False),
         async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False),
+        None if settings.uses_sqlite else settings.database_request_timeout,
     )
 
 
@@ -144,7 +163,38 @@ def session() -> AsyncSession:
         database: Database = current_app.extensions["db"]
         current = (database.reader if request.method in _SAFE_METHODS else database.sessionmaker)()
         g.db_session = current
+        if database.request_timeout is not None:
+            _set_deadline(asyncio.get_running_loop().time() + database.request_timeout)
     return current
+
+
+def _set_deadline(when: float | None) -> None:
+    """Arm (or, with None, disarm) the request's database deadline, and the scope running now if any."""
+    g.db_deadline = when
+    scope: asyncio.Timeout | None = g.get("db_scope")
+    if scope is not None:
+        scope.reschedule(when)
+
+
+@asynccontextmanager
+async def request_deadline() -> AsyncIterator[None]:
+    """Hold part of a request (its before-request hooks; its view and commit) to the deadline of its
+    database work: DATABASE_REQUEST_TIMEOUT after it first asks for its session, whether the time goes
+    to waiting for a pooled connection, an idle connection's ping, a reconnect or the statements. Past
+    it, what is awaited is cancelled and the request ends in TimeoutError, a 503 (errors.py): one
+    deadline rather than the sum of every step's own timeout. Until the session is opened it is not
+    armed, so requests that never touch the database are not bounded by it.
+    """
+    try:
+        async with asyncio.timeout_at(g.get("db_deadline")) as scope:
+            g.db_scope = scope
+            yield
+    except TimeoutError as error:
+        if scope.expired():  # ours, not a timeout from within that merely passes through
+            raise TimeoutError("the request's database work ran past DATABASE_REQUEST_TIMEOUT") from error
+        raise
+    finally:
+        g.db_scope = None
 
 
 AfterCommit = Callable[[], Awaitable[None]]
@@ -195,6 +245,10 @@ def after_commit(session: AsyncSession | Session, action: AfterCommit) -> None:
 async def commit(session: AsyncSession) -> None:
     """Commit, then run what was waiting for the commit."""
     await session.commit()
+    await _run_after_commit(session)
+
+
+async def _run_after_commit(session: AsyncSession) -> None:
     for action in session.info.pop("after_commit", []):
         await action()
 
@@ -202,7 +256,11 @@ async def commit(session: AsyncSession) -> None:
 async def commit_request_session() -> None:
     current: AsyncSession | None = g.get("db_session")
     if current is not None and (current.in_transaction() or current.info.get("after_commit")):
-        await commit(current)
+        await current.commit()
+        # Committed: what waited for the commit (cache invalidation) is not database work, and a 503
+        # now would report a change that was made as not made.
+        _set_deadline(None)
+        await _run_after_commit(current)
 
 
 def abandon_request_session() -> None:
@@ -215,11 +273,18 @@ def abandon_request_session() -> None:
 async def _close_request_session(_: BaseException | None) -> None:
     # Closing rolls back whatever was not committed: a failed handler leaves no partial writes.
     current: AsyncSession | None = g.pop("db_session", None)
-    if current is not None:
-        if g.pop("db_session_abandoned", False):
-            await current.invalidate()
-        else:
+    if current is None:
+        return
+    if g.pop("db_session_abandoned", False):
+        await current.invalidate()
+        return
+    try:
+        # Still within the request's deadline: a ROLLBACK the server does not answer costs the rest of
+        # it, not another command timeout.
+        async with asyncio.timeout_at(g.pop("db_deadline", None)):
             await current.close()
+    except TimeoutError:
+        await current.invalidate()
 
 
 def init_app(app: Quart, settings: Settings) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from quart import Quart
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from service import log
@@ -59,15 +59,23 @@ class Breaker:
 
 
 def open_client(settings: Settings) -> Redis:
+    """The process's client: short socket timeouts, so a frozen Redis surfaces as an error in about a
+    second, never a hang; and at most REDIS_MAX_CONNECTIONS connections, so it cannot make the process
+    open a socket for every request waiting on it (redis-py's own pool has no bound). A command that
+    finds them all busy waits as long as for a reply, then fails like a Redis that does not answer
+    ("No connection available", a ConnectionError), and its caller falls back.
+    """
     assert settings.redis_url is not None
-    # Short socket timeouts: a frozen Redis must surface as an error in about a second, never a hang.
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_socket_timeout,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=30,
         retry_on_timeout=False,
     )
+    return Redis.from_pool(pool)
 
 
 def init_app(app: Quart, settings: Settings) -> None:

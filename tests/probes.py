@@ -67,6 +67,10 @@ async def post_note(note: str) -> dict[str, object]:
 @blueprint.post("/notes/<note>/fail")
 async def post_note_then_fail(note: str) -> dict[str, object]:
     await db.session().execute(text("INSERT INTO probe_notes (body) VALUES (:body)"), {"body": note})
+    # A test may break the database here, between the write and the rollback of the failed request.
+    before_rollback = current_app.config.get("PROBE_BEFORE_ROLLBACK")
+    if before_rollback is not None:
+        before_rollback()
     raise errors.Conflict("Refused after writing.")
 
 

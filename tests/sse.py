@@ -20,6 +20,7 @@ class Frame:
     data: Any = None
     comment: str | None = None
     retry: int | None = None
+    wire: bytes = b""  # the message as sent, its closing blank line included
 
 
 def parse_frame(lines: list[str]) -> Frame:
@@ -51,6 +52,7 @@ class Stream:
             self.buffer += await asyncio.wait_for(self.connection.receive(), timeout)
         raw, self.buffer = self.buffer.split(b"\n\n", 1)
         frame = parse_frame(raw.decode().splitlines())
+        frame.wire = raw + b"\n\n"
         self.frames.append(frame)
         return frame
 

@@ -3,14 +3,19 @@ columns behave the same on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from quart.testing import QuartClient
 from sqlalchemy import String, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
@@ -21,19 +26,29 @@ from service.db import engine_options, make_engine, ping_idle_connections
 from service.models.entity import NAMING_CONVENTION, Entity, Model, new_id
 
 from . import probes
+from .conftest import make_settings
+from .faults.proxy import FaultProxy
+
+
+@asynccontextmanager
+async def _notes_table(app: Switchboard) -> AsyncIterator[None]:
+    """The probe routes' table, for the life of the block."""
+    engine = app.extensions["db"].engine
+    async with engine.begin() as connection:
+        await connection.execute(text("CREATE TABLE IF NOT EXISTS probe_notes (body VARCHAR(100))"))
+    try:
+        yield
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP TABLE probe_notes"))
 
 
 @pytest.fixture
 async def probe_app(settings: Settings) -> AsyncIterator[Switchboard]:
     app = create_app(settings)
     app.register_blueprint(probes.blueprint)
-    async with app.test_app():
-        engine = app.extensions["db"].engine
-        async with engine.begin() as connection:
-            await connection.execute(text("CREATE TABLE IF NOT EXISTS probe_notes (body VARCHAR(100))"))
+    async with app.test_app(), _notes_table(app):
         yield app
-        async with engine.begin() as connection:
-            await connection.execute(text("DROP TABLE probe_notes"))
 
 
 async def _notes(app: Switchboard) -> list[str]:
@@ -124,6 +139,121 @@ async def test_an_idle_connection_the_server_closed_is_replaced(settings: Settin
     finally:
         await engine.dispose()
         await admin.dispose()
+
+
+@pytest.fixture
+def proxy(settings: Settings) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the test PostgreSQL: `freeze()` makes it stop answering."""
+    if settings.uses_sqlite:
+        pytest.skip("a database that stops answering: runs in the PostgreSQL configuration")
+    with FaultProxy(make_url(settings.database_url).port or 5432).start() as started:
+        yield started
+
+
+# Every step's own timeout far beyond the request's deadline: an answer well within them shows that the
+# deadline, not one of them, ended the request. The background loops keep out of the way.
+_SLOW_STEPS = {
+    "database_pool_timeout": 30.0,
+    "database_connect_timeout": 30.0,
+    "database_statement_timeout": 30.0,
+    "database_request_timeout": 0.5,
+    "relay_interval": 60.0,
+    "sweep_interval": 300.0,
+    "notify_interval": 3600.0,
+}
+
+
+def _proxied_app(settings: Settings, proxy: FaultProxy, **overrides: Any) -> Switchboard:
+    url = make_url(settings.database_url).set(port=proxy.port).render_as_string(hide_password=False)
+    app = create_app(make_settings(url, redis_url=None, **{**_SLOW_STEPS, **overrides}))
+    app.register_blueprint(probes.blueprint)
+    return app
+
+
+async def _timed(request: Any) -> tuple[Any, float]:
+    started = time.monotonic()
+    response = await request
+    return response, time.monotonic() - started
+
+
+@pytest.fixture
+def goodbyes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every graceful close of an asyncpg connection still open: each waits for the server to answer."""
+    waited: list[bool] = []
+    close = asyncpg.Connection.close
+
+    async def spy(self: asyncpg.Connection, *, timeout: float | None = None) -> None:
+        if not self.is_closed():
+            waited.append(True)
+        await close(self, timeout=timeout)
+
+    monkeypatch.setattr(asyncpg.Connection, "close", spy)
+    return waited
+
+
+async def _all_returned(app: Switchboard) -> bool:
+    """Whether the pool gets every connection back (background rounds borrow one now and then)."""
+    pool = app.extensions["db"].engine.sync_engine.pool
+    for _ in range(100):
+        if pool.checkedout() == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize(
+    "stalls",
+    [
+        "statement",  # the connection is in hand; its query is never answered
+        "ping",  # an idle connection's ping is never answered, nor the reconnect that would replace it
+        "pool",  # the one connection is held by a stalled request, so the next waits for the pool
+    ],
+)
+async def test_a_frozen_database_costs_a_request_one_deadline(
+    settings: Settings, proxy: FaultProxy, goodbyes: list[bool], stalls: str
+) -> None:
+    """Whatever step a request is stuck in, DATABASE_REQUEST_TIMEOUT ends it with a 503 and Retry-After;
+    the connections it gave up on are dropped, not closed politely (which waits up to 2 s for a goodbye
+    the frozen server never sends); and the pool heals once the database answers again."""
+    overrides: dict[str, Any] = {"database_pool_ping_after": 0 if stalls == "ping" else 3600}
+    if stalls == "pool":
+        overrides |= {"database_pool_size": 1, "database_max_overflow": 0}
+    app = _proxied_app(settings, proxy, **overrides)
+    async with app.test_app():
+        client = app.test_client()
+        assert (await client.get("/_probe/query")).status_code == 200
+        proxy.freeze()
+        try:
+            callers = 2 if stalls == "pool" else 1
+            answers = await asyncio.gather(*(_timed(client.get("/_probe/query")) for _ in range(callers)))
+        finally:
+            proxy.pass_through()
+        for response, seconds in answers:
+            assert response.status_code == 503
+            assert (await response.get_json())["error"]["code"] == "SERVICE_UNAVAILABLE"
+            assert response.headers["Retry-After"]
+            assert seconds < 5.0, f"{stalls}: the 503 took {seconds:.1f} s"
+        assert not goodbyes
+        assert (await client.get("/_probe/query")).status_code == 200
+        assert await _all_returned(app)
+
+
+async def test_a_rollback_the_database_never_answers_ends_at_the_deadline(
+    settings: Settings, proxy: FaultProxy
+) -> None:
+    """A failed request whose database froze before its ROLLBACK still answers (its own 409) by the
+    deadline, drops the connection, and leaves nothing written."""
+    app = _proxied_app(settings, proxy)
+    async with app.test_app(), _notes_table(app):
+        app.config["PROBE_BEFORE_ROLLBACK"] = proxy.freeze
+        try:
+            response, seconds = await _timed(app.test_client().post("/_probe/notes/lost/fail"))
+        finally:
+            proxy.pass_through()
+        assert response.status_code == 409
+        assert seconds < 5.0, f"the 409 took {seconds:.1f} s"
+        assert await _all_returned(app)
+        assert await _notes(app) == []
 
 
 async def test_entity_columns_round_trip(widgets: Switchboard) -> None:

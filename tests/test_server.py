@@ -155,7 +155,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, settings: Settin
             time.sleep(0.3)
             _signal(server, whom)
             caller.join(10)
-            assert result.get("status") == 503  # answered in full, not cut off
+            assert result.get("status") == 200  # answered in full ("degraded": no Redis), not cut off
             assert server.process.wait(15) == 0
     finally:
         hole.close()

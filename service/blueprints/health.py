@@ -19,6 +19,9 @@ blueprint = Blueprint("health", __name__)
 
 SERVICE_NAME = "switchboard"
 VERSION = version("switchboard")
+# Checks the API can fail and still serve (degraded, not unready): without Redis, limits, presence and
+# caches fall back to each process and events wait in the outbox.
+_SERVES_WITHOUT = frozenset({"redis"})
 
 
 @blueprint.get("/health")
@@ -39,9 +42,12 @@ async def get_health() -> HealthOut:
 async def get_readiness() -> tuple[ReadinessOut, int, dict[str, str]]:
     """Readiness probe.
 
-    Checks the database, Redis (when configured) and free disk space, each within a deadline;
-    503 with `"status": "not_ready"` when a required check fails, and with `"status": "draining"` once the
-    instance has begun shutting down (take it out of the load balancer).
+    Checks the database, Redis (when configured) and free disk space, each within a deadline. 200 with
+    `"status": "ready"` when all pass, and with `"status": "degraded"` when only Redis fails: the API
+    serves without it (rate limits count in each process, events wait in the database and go out once
+    it is back), so an instance stays in the load balancer through a Redis outage. 503 with
+    `"status": "not_ready"` when the database or the disk check fails, and with `"status": "draining"`
+    once the instance has begun shutting down (take it out of the load balancer).
     """
     if draining.current(current_app).started:
         body = ReadinessOut(status="draining", timestamp=datetime.now(UTC), checks={})
@@ -53,9 +59,13 @@ async def get_readiness() -> tuple[ReadinessOut, int, dict[str, str]]:
         probes["redis"] = health.check_redis(current_app.extensions["redis"], deadline)
     results = dict(zip(probes, await asyncio.gather(*probes.values()), strict=True))
     results["disk_space"] = health.check_disk(Path.cwd(), settings.readiness_min_free_disk_mb)
-    ready = all(check.status in ("connected", "ok") for check in results.values())
-    body = ReadinessOut(status="ready" if ready else "not_ready", timestamp=datetime.now(UTC), checks=results)
-    return body, 200 if ready else 503, {"Cache-Control": "no-store"}
+    failed = {name for name, check in results.items() if check.status not in ("connected", "ok")}
+    if failed - _SERVES_WITHOUT:
+        status, code = "not_ready", 503
+    else:
+        status, code = ("degraded" if failed else "ready"), 200
+    body = ReadinessOut(status=status, timestamp=datetime.now(UTC), checks=results)
+    return body, code, {"Cache-Control": "no-store"}
 
 
 @blueprint.get("/metrics")

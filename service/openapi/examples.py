@@ -34,9 +34,9 @@ def complete_responses(operation: dict[str, Any], view: Callable[..., Any]) -> N
             response["description"] = f"{HTTPStatus(int(status)).phrase}."
         examples = model_examples(model, message)
         if len(examples) > 1:
-            # A model answering both ways (readiness: ready, not ready) gives its first example to the
-            # success and the others to the failure.
-            examples = examples[:1] if int(status) < 400 else examples[1:]
+            # A model answering both ways (readiness: ready and degraded, not ready) lists the failure's
+            # example last and the success's before it.
+            examples = examples[:-1] if int(status) < 400 else examples[-1:]
         for media in response.get("content", {}).values():
             if isinstance(media, dict) and "schema" in media:
                 _set_examples(media, examples)

@@ -1,12 +1,15 @@
 """The live event stream's documentation: a message schema per event type, `reset`, and their union.
 
 OpenAPI has no words for server-sent events, so the stream is described as `text/event-stream` whose
-schema, `ServerSentEvent`, is one message by its SSE fields (`id:`, `event:`, `data:`).
+schema, `ServerSentEvent`, is one message by its SSE fields (`id:`, `event:`, `data:`). A field is text on
+the wire, so `data:` is a string whose JSON content `contentSchema` describes (what schemathesis and
+other SSE-aware tools validate).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import textwrap
 from copy import deepcopy
 from typing import Any
@@ -52,14 +55,14 @@ def schemas() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "event": {"const": events.RESET, "description": "`event:` always `reset`; there is no `id:`."},
-            "data": {"$ref": _REF.format(model="ResetData")},
+            "data": _json_text({"$ref": _REF.format(model="ResetData")}, "`data:` why the stream ends."),
         },
         "required": ["event", "data"],
     }
     mapping[events.RESET] = _REF.format(model="ResetMessage")
     components["ServerSentEvent"] = {
         "title": "ServerSentEvent",
-        "description": "One message of the stream, by its SSE fields: `id:`, `event:` and `data:` (JSON).",
+        "description": "One message of the stream, by its SSE fields: `id:`, `event:`, `data:` (JSON text).",
         "oneOf": [{"$ref": ref} for ref in mapping.values()],
         "discriminator": {"propertyName": "event", "mapping": mapping},
     }
@@ -72,7 +75,8 @@ def response() -> dict[str, Any]:
         "The live stream. It opens with `retry:`, then sends one message per event, a `: ping` comment "
         "when idle, and `event: reset` when it cannot go on without a gap. On the wire:\n\n"
         + textwrap.indent(_WIRE_EXAMPLE, "    ")
-        + "\nThe schema describes one message by its fields; `data:` is JSON."
+        + "\nThe schema describes one message by its fields; `data:` is a line of JSON, described by its "
+        "`contentSchema`."
     )
     return {
         "description": description,
@@ -105,9 +109,19 @@ def _message_schema(type_: str, model: type[BaseModel], envelope: dict[str, Any]
         "properties": {
             "id": {"type": "string", "description": "`id:` the event id, for Last-Event-ID."},
             "event": {"const": type_, "description": "`event:` the event type."},
-            "data": event,
+            "data": _json_text(event, "`data:` the event."),
         },
         "required": ["id", "event", "data"],
+    }
+
+
+def _json_text(content: dict[str, Any], description: str) -> dict[str, Any]:
+    """An SSE field holding JSON: a string on the wire, its decoded value described by `content`."""
+    return {
+        "type": "string",
+        "description": description,
+        "contentMediaType": "application/json",
+        "contentSchema": content,
     }
 
 
@@ -125,15 +139,22 @@ def _message_examples() -> dict[str, Any]:
         message = {
             "id": event_id,
             "event": type_,
-            "data": {
-                "id": event_id,
-                "type": type_,
-                "time": "2026-03-02T09:14:07.509000Z",
-                "data": examples.model_examples(model)[0],
-                "request_id": METADATA_EXAMPLE["request_id"],
-            },
+            "data": _json(
+                {
+                    "id": event_id,
+                    "type": type_,
+                    "time": "2026-03-02T09:14:07.509000Z",
+                    "data": examples.model_examples(model)[0],
+                    "request_id": METADATA_EXAMPLE["request_id"],
+                }
+            ),
         }
         messages[type_] = {"summary": type_, "value": message}
-    reset = {"event": events.RESET, "data": examples.model_examples(events.ResetData)[0]}
+    reset = {"event": events.RESET, "data": _json(examples.model_examples(events.ResetData)[0])}
     messages[events.RESET] = {"summary": events.RESET, "value": reset}
     return messages
+
+
+def _json(value: Any) -> str:
+    """A value as the stream writes it in `data:`: compact JSON, on one line."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

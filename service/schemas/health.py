@@ -48,6 +48,15 @@ class ReadinessOut(BaseModel):
                     },
                 },
                 {
+                    "status": "degraded",
+                    "timestamp": "2026-03-02T09:14:08.520000Z",
+                    "checks": {
+                        "database": {"status": "connected", "latency_ms": 1.3},
+                        "redis": {"status": "timeout", "latency_ms": 1500.4},
+                        "disk_space": {"status": "ok", "latency_ms": 0.1, "available_gb": 41.2},
+                    },
+                },
+                {
                     "status": "not_ready",
                     "timestamp": "2026-03-02T09:14:09.530000Z",
                     "checks": {
@@ -60,8 +69,9 @@ class ReadinessOut(BaseModel):
         }
     )
 
-    # "draining": the instance is shutting down; load balancers should stop sending it requests.
-    status: Literal["ready", "not_ready", "draining"]
+    # "degraded": serving, with a dependency it can do without (Redis) down; "draining": the instance is
+    # shutting down, and load balancers should stop sending it requests.
+    status: Literal["ready", "degraded", "not_ready", "draining"]
     timestamp: datetime
     checks: dict[str, CheckOut] = Field(
         examples=[

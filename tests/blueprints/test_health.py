@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import pytest
 from quart.testing import QuartClient
@@ -44,19 +45,34 @@ async def test_readiness_reports_each_check(client: QuartClient, settings: Setti
         assert "redis" not in checks
 
 
-async def test_readiness_is_503_when_the_database_refuses(database_url: str) -> None:
-    app = create_app(make_settings("postgresql://nobody@127.0.0.1:9/none", redis_url=None))
+# Nothing listens on port 9 (discard) here: connections to it are refused.
+DEAD_REDIS = "redis://127.0.0.1:9/0"
+
+
+async def _readiness(settings: Settings) -> tuple[int, Any]:
+    """/readiness of a fresh app with these settings: its status and body."""
+    app = create_app(settings)
     async with app.test_app():
         response = await app.test_client().get("/readiness")
-    assert response.status_code == 503
-    body = await response.get_json()
+    return response.status_code, await response.get_json()
+
+
+@pytest.mark.parametrize("redis_url", [None, DEAD_REDIS], ids=["without-redis", "redis-down-too"])
+async def test_readiness_is_503_when_the_database_refuses(database_url: str, redis_url: str | None) -> None:
+    status, body = await _readiness(
+        make_settings("postgresql://nobody@127.0.0.1:9/none", redis_url=redis_url)
+    )
+    assert status == 503
     assert body["status"] == "not_ready"
     assert body["checks"]["database"]["status"] == "error"
 
 
-@pytest.mark.parametrize("dependency", ["database", "redis"])
+@pytest.mark.parametrize(
+    ("dependency", "status", "state"),
+    [("database", 503, "not_ready"), ("redis", 200, "degraded")],
+)
 async def test_readiness_answers_within_two_seconds_when_a_dependency_hangs(
-    database_url: str, dependency: str
+    database_url: str, dependency: str, status: int, state: str
 ) -> None:
     async with blackhole() as port:
         if dependency == "database":
@@ -68,10 +84,21 @@ async def test_readiness_answers_within_two_seconds_when_a_dependency_hangs(
             started = time.monotonic()
             response = await app.test_client().get("/readiness")
             elapsed = time.monotonic() - started
-    assert response.status_code == 503
+    assert response.status_code == status
     body = await response.get_json()
+    assert body["status"] == state
     assert body["checks"][dependency]["status"] == "timeout"
     assert elapsed < 2.0
+
+
+async def test_readiness_stays_200_degraded_while_redis_is_down(database_url: str) -> None:
+    """The API serves without Redis (limits, presence and caches fall back to each process; events wait
+    in the outbox), so a Redis outage must not take every instance out of the load balancer."""
+    status, body = await _readiness(make_settings(database_url, redis_url=DEAD_REDIS))
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["checks"]["redis"]["status"] == "error"
+    assert body["checks"]["database"]["status"] == "connected"
 
 
 async def test_metrics_count_requests_by_route_template(client: QuartClient) -> None:

@@ -25,7 +25,7 @@ from service.config import Settings
 
 from ..conftest import alembic_config
 from .backends import ThrowawayPostgres, ThrowawayRedis, Unavailable
-from .load import Fleet, seed
+from .load import Fleet, readiness, seed
 from .proxy import FaultProxy
 from .switchboard import Switchboard, environment
 
@@ -130,7 +130,7 @@ def wait_ready(url: str, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readiness", timeout=3).status_code == 200:
+            if readiness(httpx.get(f"{url}/readiness", timeout=3)) == (200, "ready"):
                 return
         time.sleep(0.2)
     raise AssertionError(f"{url} did not become ready within {timeout} s")

@@ -49,6 +49,15 @@ class Answer:
     key: str | None = None  # the Idempotency-Key of a create
 
 
+def readiness(response: httpx.Response) -> tuple[int, str | None]:
+    """A /readiness answer: its status code and its body's status ("ready", "degraded", "not_ready"…)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.status_code, None
+    return response.status_code, body.get("status") if isinstance(body, dict) else None
+
+
 async def login(url: str, username: str = "root", password: str = PASSWORD) -> dict[str, str]:
     async with httpx.AsyncClient(timeout=HANG_SECONDS) as http:
         response = await http.post(f"{url}/auth/login", json={"username": username, "password": password})
@@ -109,8 +118,9 @@ class MixedLoad:
         self._callers: list[asyncio.Task[None]] = []
         self._background: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
-        # (monotonic time, status) of /readiness, polled through the whole run; 0: no answer.
-        self.readiness: list[tuple[float, int]] = []
+        # (monotonic time, status, the body's status) of /readiness, polled through the whole run;
+        # 0 and None: no answer.
+        self.readiness: list[tuple[float, int, str | None]] = []
 
     # -- running --------------------------------------------------------------------------------------
 
@@ -147,10 +157,10 @@ class MixedLoad:
         async with httpx.AsyncClient(timeout=HANG_SECONDS) as http:
             while True:
                 try:
-                    status = (await http.get(f"{self.fleet.url}/readiness")).status_code
+                    status, state = readiness(await http.get(f"{self.fleet.url}/readiness"))
                 except httpx.HTTPError:
-                    status = 0
-                self.readiness.append((time.monotonic(), status))
+                    status, state = 0, None
+                self.readiness.append((time.monotonic(), status, state))
                 await asyncio.sleep(0.25)
 
     async def _caller(self) -> None:

@@ -1,5 +1,5 @@
 """PostgreSQL killed, frozen, or its connections reset under a mixed load: 503 with Retry-After within
-seconds (never a 500, never a hang), readiness down and back without a restart, nothing acknowledged
+5 seconds (never a 500, never a hang), readiness down and back without a restart, nothing acknowledged
 lost, no partial write, and the event streams whole."""
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ async def test_postgres_fault_under_load(faults: Stack, fault: str) -> None:
         await asyncio.sleep(2)
         await load.quiesce()
         observed = f"readiness {readiness_changes(load, broken_at)}; {summary(load.answers)}"
+        unavailable = [a.seconds for a in load.answers if a.status == 503]
+        # Reported, not asserted beyond the promise (assert_no_failures): how close the run came to it.
+        print(
+            f"{fault}: {len(unavailable)} answers 503, the slowest after {max(unavailable, default=0):.2f} s;"
+            f" the slowest answer of all after {max(a.seconds for a in load.answers):.2f} s"
+        )
 
         assert_no_failures(load.answers)
         during = load.between(broken_at + 0.5, mended_at)

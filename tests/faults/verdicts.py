@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.events.broker import event_id_key
 
-from .load import HANG_SECONDS, Answer, MixedLoad
+from .load import HANG_SECONDS, Answer, MixedLoad, readiness
 
 # What may leak from a failed request into its answer and must not.
 _LEAKS = ("Traceback", 'File "', "sqlalchemy", "asyncpg", "redis.exceptions", "SELECT ", "INSERT ")
@@ -27,9 +27,10 @@ def summary(answers: list[Answer]) -> str:
     )
 
 
-# The promise is an answer (a 503 at worst) within 5 seconds; the second on top is the slack a shared
-# 2-core machine needs between the service answering and the client reading it.
-ANSWER_WITHIN = 6.0
+# The promise (issue 7): an answer, a 503 at worst, within 5 seconds as the client measures it. The
+# service's own bound on a request's database work (DATABASE_REQUEST_TIMEOUT, 3.5 s) leaves the rest for
+# the machine.
+ANSWER_WITHIN = 5.0
 
 
 def assert_no_failures(answers: list[Answer], within: float = ANSWER_WITHIN) -> None:
@@ -57,27 +58,29 @@ def assert_served(answers: list[Answer], what: str) -> None:
     assert ok, f"nothing succeeded {what}: {summary(answers)}"
 
 
-def readiness_changes(load: MixedLoad, since: float) -> list[tuple[float, int]]:
-    """(seconds after `since`, status) each time readiness changed."""
-    changes: list[tuple[float, int]] = []
-    for at, status in load.readiness:
-        if at >= since and (not changes or changes[-1][1] != status):
-            changes.append((round(at - since, 2), status))
+def readiness_changes(load: MixedLoad, since: float) -> list[tuple[float, int, str | None]]:
+    """(seconds after `since`, status, the body's status) each time readiness changed."""
+    changes: list[tuple[float, int, str | None]] = []
+    for at, status, state in load.readiness:
+        if at >= since and (not changes or changes[-1][1:] != (status, state)):
+            changes.append((round(at - since, 2), status, state))
     return changes
 
 
-async def wait_readiness(url: str, status: int, timeout: float) -> float:
-    """Seconds until /readiness answers `status` (AssertionError after `timeout`)."""
+async def wait_readiness(url: str, status: int, timeout: float, state: str | None = None) -> float:
+    """Seconds until /readiness answers `status` (and, if given, the body's `state`); AssertionError
+    after `timeout`."""
     started = time.monotonic()
     async with httpx.AsyncClient(timeout=HANG_SECONDS) as http:
         while time.monotonic() - started < timeout:
             try:
-                if (await http.get(f"{url}/readiness")).status_code == status:
+                answered, answered_state = readiness(await http.get(f"{url}/readiness"))
+                if answered == status and state in (None, answered_state):
                     return time.monotonic() - started
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.1)
-    raise AssertionError(f"/readiness did not answer {status} within {timeout} s")
+    raise AssertionError(f"/readiness did not answer {status} {state or ''} within {timeout} s")
 
 
 async def retry_unacknowledged(load: MixedLoad) -> None:
