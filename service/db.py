@@ -163,9 +163,32 @@ def session() -> AsyncSession:
         database: Database = current_app.extensions["db"]
         current = (database.reader if request.method in _SAFE_METHODS else database.sessionmaker)()
         g.db_session = current
-        if database.request_timeout is not None:
-            _set_deadline(asyncio.get_running_loop().time() + database.request_timeout)
+        _arm_deadline(database)
     return current
+
+
+def read_session() -> AsyncSession:
+    """An autocommit session for what a writing request reads before it knows whether it will write (a
+    heartbeat's look at its agent): a read costs its query alone, without BEGIN and COMMIT. Closed with
+    the request; nothing written through it is part of the request's transaction, so write nothing.
+    A safe request's own session is one already; on SQLite the request's session is the reader too (a
+    second session would wait for the one connection the first holds).
+    """
+    database: Database = current_app.extensions["db"]
+    if request.method in _SAFE_METHODS or database.engine.dialect.name == "sqlite":
+        return session()
+    current: AsyncSession | None = g.get("db_reader")
+    if current is None:
+        current = database.reader()
+        g.db_reader = current
+        _arm_deadline(database)
+    return current
+
+
+def _arm_deadline(database: Database) -> None:
+    """Start the request's database deadline with its first session (one deadline, however many)."""
+    if database.request_timeout is not None and g.get("db_deadline") is None:
+        _set_deadline(asyncio.get_running_loop().time() + database.request_timeout)
 
 
 def _set_deadline(when: float | None) -> None:
@@ -271,6 +294,10 @@ def abandon_request_session() -> None:
 
 
 async def _close_request_session(_: BaseException | None) -> None:
+    # The reader's connection holds no transaction: returning it to the pool sends nothing.
+    reader: AsyncSession | None = g.pop("db_reader", None)
+    if reader is not None:
+        await reader.close()
     # Closing rolls back whatever was not committed: a failed handler leaves no partial writes.
     current: AsyncSession | None = g.pop("db_session", None)
     if current is None:

@@ -108,6 +108,25 @@ async def test_an_unchanged_beat_of_an_idle_agent_touches_no_database(
     assert seen == []
 
 
+async def test_an_unchanged_beat_the_cache_misses_costs_one_query(
+    client: QuartClient, app: Switchboard
+) -> None:
+    operator = await signed_in(client, "opal", "operator", app)
+    agent_id, token = await online_agent(client, operator, "ada")
+    app.extensions["agent_cache"].drop((), every_agent=True)  # as when the entry expired
+    with statements(_engine(app)) as seen:
+        await beat(client, agent_id, token)
+    # The agent's row, read once (in an autocommit session on PostgreSQL: no BEGIN or COMMIT), and
+    # nothing written. (The background loops' own statements may run meanwhile.)
+    assert len([sql for sql in seen if "FROM agents" in sql]) == 1
+    assert not [
+        sql for sql in seen if sql.lstrip().upper().startswith(("UPDATE AGENTS", "INSERT INTO OUTBOX"))
+    ]
+    with statements(_engine(app)) as seen:
+        await beat(client, agent_id, token)
+    assert not [sql for sql in seen if "agents" in sql]  # and then cached
+
+
 async def test_a_beat_from_an_agent_holding_work_lists_it(client: QuartClient, app: Switchboard) -> None:
     operator = await signed_in(client, "opal", "operator", app)
     agent_id, token = await online_agent(client, operator, "ada")

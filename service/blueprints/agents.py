@@ -212,7 +212,7 @@ async def post_heartbeat(agent_id: uuid.UUID, data: HeartbeatIn) -> Success[Hear
     """
     caller = await identity.current_agent()
     status, work = await agents.record_heartbeat(
-        db.session(), presence.current(), agent_cache.current(), caller, agent_id, data
+        db.session(), db.read_session(), presence.current(), agent_cache.current(), caller, agent_id, data
     )
     out = HeartbeatOut(
         status=status,

@@ -310,6 +310,7 @@ async def open_work(session: AsyncSession, agent_id: uuid.UUID) -> Sequence[Assi
 
 async def record_heartbeat(
     session: AsyncSession,
+    reader: AsyncSession,
     presence_store: presence.Presence,
     cache: agent_cache.AgentCache,
     caller: AgentIdentity,
@@ -317,7 +318,8 @@ async def record_heartbeat(
     beat: HeartbeatIn,
 ) -> tuple[str, Sequence[Assignment]]:
     """Note that the agent is alive; a change of status is written and published, nothing else is.
-    Returns the agent's status and the work it holds.
+    Returns the agent's status and the work it holds. `reader` (an autocommit session) reads what an
+    unchanged beat needs; a change is read again and written in `session`'s transaction.
 
     Raises:
         NotFound: no such agent, or the token is another agent's.
@@ -332,12 +334,20 @@ async def record_heartbeat(
     # in the same transactions that change it, the capacity invariant): nothing to read or write.
     if cached is not None and _changes_nothing(cached, beat) and cached.open_assignments == 0:
         return cached.status, []
+    if cached is None:
+        seen = await get_agent(reader, agent_id)
+        cached = _record_view(seen)
+        if version is not None:
+            cache.put(agent_id, version, cached)
+    if _changes_nothing(cached, beat):
+        work = await open_work(reader, agent_id) if cached.open_assignments else []
+        return cached.status, work
+    await reader.close()  # its pooled connection back now: the change takes the transaction's
     agent = await get_agent(session, agent_id)
-    changed = agent.reported_status != beat.status
     if beat.metadata is not None and beat.metadata != agent.metadata_:
         agent.metadata_ = beat.metadata
         record_event(session, "agent.updated", agent)
-    if changed:
+    if agent.reported_status != beat.status:
         before = agent.status
         agent.reported_status = beat.status
         agent.status_changed_at = now
@@ -345,11 +355,7 @@ async def record_heartbeat(
         record_event(session, "agent.status_changed", agent, **{"from": before, "to": agent.status})
         await session.flush()
         await assignments.dispatch_to(session, agent.id)
-    elif version is not None and not agent_cache.changed_agents(session.sync_session):
-        cache.put(agent_id, version, _record_view(agent))
-    # (A change may just have dispatched work, which the loaded row does not count yet.)
-    if not changed and agent.open_assignments == 0:
-        return agent.status, []
+    # A change may just have dispatched work, which the loaded row does not count yet: look.
     return agent.status, await open_work(session, agent.id)
 
 
