@@ -37,17 +37,8 @@ def sort_order(columns: Mapping[str, ColumnElement[Any]], sort: str) -> ColumnEl
 async def fetch_page(
     session: AsyncSession, query: Select[T], page: int, per_page: int
 ) -> tuple[Sequence[T], int]:
-    """The rows of `page` (1-based) and the number of rows the whole query matches.
-
-    One query: each row of the page carries the total (`count(*) OVER ()`), where a separate count
-    would cost the database a second round trip. Only a page past the end, which has no row to carry
-    it, needs the count on its own.
-    """
-    windowed = query.add_columns(func.count().over()).offset((page - 1) * per_page).limit(per_page)
-    found = (await session.execute(windowed)).all()
-    if found:
-        return [row[0] for row in found], int(found[0][1])
-    if page == 1:
-        return [], 0
+    """The rows of `page` (1-based) and the number of rows the whole query matches."""
     counted = select(func.count()).select_from(query.order_by(None).subquery())
-    return [], int((await session.execute(counted)).scalar_one())
+    total = (await session.execute(counted)).scalar_one()
+    rows = (await session.execute(query.offset((page - 1) * per_page).limit(per_page))).scalars().all()
+    return rows, int(total)
