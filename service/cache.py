@@ -61,7 +61,7 @@ class RedisCache:
 
     def __init__(self, client: Redis, breaker: redis_client.Breaker | None = None) -> None:
         self._client = client
-        self._breaker = breaker or redis_client.Breaker("cache")
+        self._breaker = breaker or redis_client.Breaker("cache", probe=client.ping)
         self._undeleted: set[str] = set()
 
     async def get_many(self, keys: list[str]) -> list[str | None]:

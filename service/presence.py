@@ -139,7 +139,7 @@ class RedisPresence:
 
     def __init__(self, redis: Redis, breaker: redis_client.Breaker | None = None) -> None:
         self._redis = redis
-        self._breaker = breaker or redis_client.Breaker("presence")
+        self._breaker = breaker or redis_client.Breaker("presence", probe=redis.ping)
         self._record_script = redis.register_script(_RECORD_AND_VERSION)
         # Version changes Redis did not take (it failed after the commit): written before anything else
         # once it answers again. Meanwhile the caches' entry lifetime bounds what another process may show.

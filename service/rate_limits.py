@@ -176,7 +176,7 @@ class Store(RateLimiterStoreABC):
     ) -> None:
         # A callable, not a client: the app's client only exists once before_serving has run.
         self._redis = redis
-        self._breaker = redis_client.Breaker("rate_limit_store", retry_seconds)
+        self._breaker = redis_client.Breaker("rate_limit_store", retry_seconds, probe=self._ping)
         self._script: AsyncScript | None = None
         self.memory = MemoryTats()
 
@@ -220,6 +220,11 @@ class Store(RateLimiterStoreABC):
 
     async def set(self, key: str, tat: datetime) -> None:
         raise NotImplementedError("the limiter uses Store.acquire")
+
+    async def _ping(self) -> None:
+        client = self._redis()
+        if client is not None:
+            await client.ping()
 
     def _client(self) -> Redis | None:
         client = self._redis()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from quart import Quart
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -24,12 +26,24 @@ RETRY_SECONDS = 5.0
 
 
 class Breaker:
-    """Remembers that Redis failed, so a frozen Redis costs one socket timeout per `retry_seconds` (the
-    one caller that probes it), not one per request: the others skip Redis and use their fallback."""
+    """Remembers that Redis failed, so a frozen Redis costs a socket timeout only to the calls that were
+    already waiting on it when it froze: the others skip Redis and use their fallback.
 
-    def __init__(self, name: str, retry_seconds: float = RETRY_SECONDS) -> None:
+    With a `probe` (a Redis call such as `client.ping`), every `retry_seconds` while Redis is down the
+    probe runs in the background and no request waits for it; the breaker closes when it answers.
+    Without one, the first caller after each interval probes with its own call, as before.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        retry_seconds: float = RETRY_SECONDS,
+        probe: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         self._name = name
         self._retry_seconds = retry_seconds
+        self._probe = probe
+        self._probing: asyncio.Task[None] | None = None
         self._down_until: float | None = None
 
     @property
@@ -37,15 +51,28 @@ class Breaker:
         return self._down_until is not None
 
     def allows(self) -> bool:
-        """Whether to call Redis now: always while it answers; after a failure, once per interval."""
+        """Whether to call Redis now: always while it answers; while it is down, never when a probe is
+        given (one runs in the background each interval), else for one caller per interval."""
         if self._down_until is None:
             return True
         now = time.monotonic()
         if now < self._down_until:
             return False
-        # This caller probes; the ones that come while it waits skip Redis instead of queueing behind it.
         self._down_until = now + self._retry_seconds
-        return True
+        if self._probe is None:
+            # This caller probes; the ones that come while it waits skip Redis instead of queueing behind it.
+            return True
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.get_running_loop().create_task(self._run_probe(self._probe))
+        return False
+
+    async def _run_probe(self, probe: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await probe()
+        except FAILURES as error:
+            self.failed(error)
+        else:
+            self.answered()
 
     def failed(self, error: BaseException) -> None:
         if self._down_until is None:

@@ -11,6 +11,9 @@ import subprocess
 import sys
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy.engine import make_url
+
 from service.config import Settings
 
 from .accounts import PASSWORD
@@ -68,3 +71,15 @@ def stop_group(process: subprocess.Popen[Any]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
     process.wait(10)
+
+
+async def ensure_database(database_url: str) -> None:
+    """CREATE DATABASE the PostgreSQL database `database_url` names when it is missing (a script's own
+    database on a fresh machine); the server's other databases are left alone."""
+    url = make_url(database_url).set(drivername="postgresql")
+    admin = await asyncpg.connect(url.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", url.database) is None:
+            await admin.execute(f'CREATE DATABASE "{url.database}"')
+    finally:
+        await admin.close()

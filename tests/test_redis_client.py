@@ -46,3 +46,28 @@ async def test_a_frozen_redis_gets_no_more_sockets_than_the_bound() -> None:
             await client.aclose()
         assert frozen.accepted <= 3, frozen.accepted
     assert all(isinstance(result, redis_client.FAILURES) for result in results), results
+
+
+async def test_while_redis_is_down_a_background_probe_not_a_request_tries_it() -> None:
+    calls: list[str] = []
+    answers = asyncio.Event()
+
+    async def probe() -> None:
+        calls.append("probe")
+        if not answers.is_set():
+            raise ConnectionError("still down")
+
+    breaker = redis_client.Breaker("test", retry_seconds=0.05, probe=probe)
+    breaker.failed(ConnectionError("Redis went away"))
+    assert not breaker.allows()  # within the interval: nobody calls Redis
+    await asyncio.sleep(0.06)
+    assert not breaker.allows()  # the interval passed: the probe runs, the caller still skips Redis
+    await asyncio.sleep(0)
+    assert calls == ["probe"]
+    assert breaker.down  # the probe failed: down for another interval
+    answers.set()
+    await asyncio.sleep(0.06)
+    assert not breaker.allows()
+    await asyncio.sleep(0)
+    assert calls == ["probe", "probe"]
+    assert breaker.allows()  # the probe answered: callers use Redis again

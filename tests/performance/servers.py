@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
 import httpx
 from sqlalchemy.engine import make_url
 
 from service.config import Settings
 
-from ..servers import free_port
+from ..servers import ensure_database, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -87,14 +86,7 @@ NAIVE = App("naive", "tests/performance/naive_fanout.py:app", is_service=False)
 
 async def create_database(backends: Backends) -> None:
     """CREATE DATABASE the benchmark's database when it is missing (the server's other ones untouched)."""
-    url = make_url(backends.asyncpg_dsn)
-    name = url.database
-    admin = await asyncpg.connect(url.set(database="postgres").render_as_string(hide_password=False))
-    try:
-        if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name) is None:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    await ensure_database(backends.asyncpg_dsn)
 
 
 def environment(app: App, backends: Backends, secret_key: str, prometheus_dir: Path) -> dict[str, str]:

@@ -36,6 +36,7 @@ from service.config import Settings
 from ..conftest import ROOT, alembic_config
 from ..faults.proxy import FaultProxy
 from ..faults.switchboard import Switchboard, environment
+from ..servers import ensure_database
 from . import resources
 from .driver import Driver, Sample, Stats, seed, stats, table
 
@@ -77,6 +78,7 @@ def _reset_database(url: str) -> str:
 
 @asynccontextmanager
 async def rig(args: argparse.Namespace, through_proxy: bool) -> AsyncIterator[Rig]:
+    await ensure_database(args.database_url)  # a fresh machine has none
     database_url = await asyncio.to_thread(_reset_database, args.database_url)
     redis = Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
     await redis.flushdb()  # our own database number, nobody else's
