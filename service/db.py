@@ -185,6 +185,16 @@ def read_session() -> AsyncSession:
     return current
 
 
+async def release_reads() -> None:
+    """Hand a safe request's pooled connection back before it waits on something else (the presence
+    store in Redis): its autocommit session would otherwise hold the connection to the end of the
+    request, and a frozen Redis would then starve the pool of connections nobody uses. Used again, the
+    session takes a connection anew. A writing request's transaction is left alone."""
+    current: AsyncSession | None = g.get("db_session")
+    if current is not None and request.method in _SAFE_METHODS and current.in_transaction():
+        await current.commit()
+
+
 def _arm_deadline(database: Database) -> None:
     """Start the request's database deadline with its first session (one deadline, however many)."""
     if database.request_timeout is not None and g.get("db_deadline") is None:

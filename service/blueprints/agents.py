@@ -41,6 +41,7 @@ tag_blueprint(blueprint, ["agents"])
 
 async def _views(found: Sequence[Agent]) -> list[AgentOut]:
     """The agents with their live heartbeat time and load (one presence lookup for the lot)."""
+    await db.release_reads()
     beats = await presence.for_display(presence.current(), [agent.id for agent in found])
     return [agents.view(agent, beats.get(agent.id)) for agent in found]
 

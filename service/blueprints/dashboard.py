@@ -119,6 +119,7 @@ def _require(caller: identity.Identity, permission: str) -> None:
 
 async def _agents() -> list[AgentOut]:
     found, _ = await agents.list_agents(db.session(), AgentQuery(per_page=SHOWN))
+    await db.release_reads()
     beats = await presence.for_display(presence.current(), [agent.id for agent in found])
     return [agents.view(agent, beats.get(agent.id)) for agent in found]
 

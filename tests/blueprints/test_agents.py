@@ -7,7 +7,7 @@ from typing import Any
 from quart.testing import QuartClient
 from sqlalchemy import func, select
 
-from service import db
+from service import background, db
 from service.application import Switchboard
 from service.models.events import OutboxEvent
 
@@ -240,3 +240,30 @@ async def test_a_heartbeat_looks_its_token_up_once(client: QuartClient, app: Swi
     counting = app.extensions["auth_cache"] = _CountingCache(app.extensions["auth_cache"])
     await beat(client, agent_id, token)
     assert counting.agent_token_reads == 1
+
+
+async def test_a_list_waits_on_the_presence_store_holding_no_database_connection(
+    client: QuartClient, app: Switchboard
+) -> None:
+    """A Redis that stops answering must not starve the pool: a list hands its connection back before
+    it asks the presence store for the agents' beats."""
+    operator = await signed_in(client, "opal", "operator", app)
+    await online_agent(client, operator, "ada")
+    await background.loops_of(app).stop()  # their rounds take connections of their own
+    database: db.Database = app.extensions["db"]
+    store = app.extensions["presence"]
+    held: list[int] = []
+    original = store.last
+
+    async def last(agent_ids: Any) -> Any:
+        held.append(database.engine.sync_engine.pool.checkedout())
+        return await original(agent_ids)
+
+    store.last = last
+    try:
+        response = await client.get(AGENTS, headers=operator)
+    finally:
+        store.last = original
+    assert response.status_code == 200
+    assert (await response.get_json())["data"][0]["name"] == "ada"
+    assert held == [0]
