@@ -74,7 +74,7 @@ class RedisCache:
             self._breaker.failed(error)
             return [None] * len(keys)
         self._breaker.answered()
-        return [value.decode() if isinstance(value, bytes) else value for value in values]
+        return [None if value is None else redis_client.text(value) for value in values]
 
     def keys_to_read_elsewhere(self, keys: list[str]) -> list[str] | None:
         """The Redis keys of these entries, for another caller to read in its own Redis call (the rate

@@ -51,18 +51,16 @@ def _encode(beat: Beat) -> str:
 
 
 def _decode(raw: bytes | str) -> Beat:
-    text = _text(raw)
+    text = redis_client.text(raw)
     at, _, load = text.partition("|")
     return Beat(datetime.fromtimestamp(float(at), UTC), float(load) if load else None)
 
 
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
-
-
 def _version(agent: bytes | str | None, every: bytes | str | None) -> str:
     """An agent's version string: its own field and the whole table's, either of which a change replaces."""
-    return f"{_NONE if agent is None else _text(agent)}/{_NONE if every is None else _text(every)}"
+    own = _NONE if agent is None else redis_client.text(agent)
+    table = _NONE if every is None else redis_client.text(every)
+    return f"{own}/{table}"
 
 
 def _version_field(agent_id: uuid.UUID) -> str:
@@ -113,7 +111,6 @@ class MemoryPresence:
         return {agent_id: self._beats[agent_id] for agent_id in agent_ids if agent_id in self._beats}
 
     async def look(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Live]:
-
         version = self._version_of
         return {agent_id: Live(self._beats.get(agent_id), version(agent_id)) for agent_id in agent_ids}
 

@@ -206,7 +206,7 @@ class Store(RateLimiterStoreABC):
                 return Decision(
                     tuple(float(tat) for tat in tats),
                     refused - 1 if refused else None,
-                    tuple(value.decode() if isinstance(value, bytes) else value for value in values),
+                    tuple(None if value is None else redis_client.text(value) for value in values),
                 )
         decision = decide([self.memory.get(check.key) for check in checks], checks, now)
         if decision.refused is None:

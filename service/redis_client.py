@@ -25,6 +25,11 @@ FAILURES = (RedisError, OSError, RuntimeError)
 RETRY_SECONDS = 5.0
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (the client returns bytes unless told to decode)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class Breaker:
     """Remembers that Redis failed, so a frozen Redis costs a socket timeout only to the calls that were
     already waiting on it when it froze: the others skip Redis and use their fallback.

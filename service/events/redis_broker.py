@@ -26,7 +26,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
-from service import log
+from service import log, redis_client
 from service.events.broker import (
     Archive,
     BrokerUnavailable,
@@ -112,18 +112,14 @@ return ids
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _decode(entry_id: bytes | str, fields: Mapping[Any, Any]) -> tuple[Event, tuple[int, int]]:
     """The Event and the key of the entry before it (bytes or str fields, as the client decodes).
 
     A stream's first entry continues only from exactly the id before its own.
     """
-    values = {_text(name): _text(value) for name, value in fields.items()}
+    values = {redis_client.text(name): redis_client.text(value) for name, value in fields.items()}
     topic = values.get("topic")
-    event = make_event(_text(entry_id), values["type"], topic, values["data"])
+    event = make_event(redis_client.text(entry_id), values["type"], topic, values["data"])
     prev = values.get("prev", "0-0")
     return event, predecessor(event.key) if prev == _ORIGIN else event_id_key(prev)
 
@@ -242,7 +238,7 @@ class RedisBroker(LogBroker):
         except _UNREACHABLE as exc:
             raise BrokerUnavailable(f"cannot read the event stream: {exc}") from exc
         entry_id = first[0][0] if first else None
-        return None if entry_id is None else event_id_key(_text(entry_id))
+        return None if entry_id is None else event_id_key(redis_client.text(entry_id))
 
     async def _append_chunk(
         self, envelopes: Sequence[Envelope], encoded: Sequence[str], after: tuple[int, int]
@@ -262,12 +258,12 @@ class RedisBroker(LogBroker):
             reply = await self._append_script(keys=keys, args=args)
         except _UNREACHABLE as exc:
             raise BrokerUnavailable(f"cannot append to the event stream: {exc}") from exc
-        return [_text(item) for item in reply]
+        return [redis_client.text(item) for item in reply]
 
     async def _tail_id(self) -> str:
         last = await self._redis.xrevrange(self._key, count=1)
         entry_id = last[0][0] if last else None
-        return "0-0" if entry_id is None else _text(entry_id)
+        return "0-0" if entry_id is None else redis_client.text(entry_id)
 
     async def _listen(self) -> None:
         """Follow the stream from the cursor forever, riding out outages with a growing delay."""
@@ -319,7 +315,7 @@ class RedisBroker(LogBroker):
         events: list[Event] = []
         for index, (entry_id, flat) in enumerate(entries):
             # The cursor moves past every entry, even one we cannot decode, so a bad entry cannot wedge us.
-            previous, self._cursor = self._cursor, _text(entry_id)
+            previous, self._cursor = self._cursor, redis_client.text(entry_id)
             try:
                 event, prev = _decode(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
             except (KeyError, ValueError, TypeError):
