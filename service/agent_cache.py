@@ -72,7 +72,7 @@ class AgentCache:
 
     def put(self, agent_id: uuid.UUID, version: str, view: AgentOut) -> None:
         """Keep the view read from the database after `version` was read (never one this process's own
-        uncommitted transaction changed: only views read by sessions that changed no agent)."""
+        uncommitted transaction changed: only views read outside a transaction that wrote)."""
         if self._size <= 0:
             return
         self._entries[agent_id] = (version, self._clock(), view)
@@ -91,11 +91,6 @@ class AgentCache:
 def current() -> AgentCache:
     cache: AgentCache = current_app.extensions["agent_cache"]
     return cache
-
-
-def changed_agents(session: Session) -> bool:
-    """Whether the session's transaction has changed any agent so far (its reads must not be cached)."""
-    return bool(session.info.get(_CHANGED)) or bool(session.info.get(_CHANGED_ALL))
 
 
 def _note(session: Session, agent_ids: Iterable[uuid.UUID], every_agent: bool = False) -> None:

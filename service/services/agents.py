@@ -152,12 +152,25 @@ async def read_view(
         live: presence.Live | None = (await presence_store.look([agent_id]))[agent_id]
     except redis_client.FAILURES:
         live = None  # no version to check against: the database answers (the store logged the outage)
-    record = cache.get(agent_id, live.version) if live is not None else None
+    record = await _cached_view(session, cache, agent_id, live.version if live is not None else None)
+    return with_beat(record, live.beat if live is not None else None)
+
+
+async def _cached_view(
+    session: AsyncSession, cache: agent_cache.AgentCache, agent_id: uuid.UUID, version: str | None
+) -> AgentOut:
+    """The view of the agent's row: cached under `version` (read before, in the same call as the beat),
+    else read from the database and cached under it. No version (the store is down): the database's.
+
+    Raises:
+        NotFound: no such live agent.
+    """
+    record = cache.get(agent_id, version) if version is not None else None
     if record is None:
         record = _record_view(await get_agent(session, agent_id))
-        if live is not None:
-            cache.put(agent_id, live.version, record)
-    return with_beat(record, live.beat if live is not None else None)
+        if version is not None:
+            cache.put(agent_id, version, record)
+    return record
 
 
 async def list_agents(session: AsyncSession, query: AgentQuery) -> tuple[Sequence[Agent], int]:
@@ -329,16 +342,9 @@ async def record_heartbeat(
     now = datetime.now(UTC)
     # The version comes back with the beat's write, before any database read (see agent_cache).
     version = await presence_store.record(agent_id, presence.Beat(now, beat.load))
-    cached = cache.get(agent_id, version) if version is not None else None
-    # The common beat: unchanged, from an agent holding no work (open_assignments counts its held work
-    # in the same transactions that change it, the capacity invariant): nothing to read or write.
-    if cached is not None and _changes_nothing(cached, beat) and cached.open_assignments == 0:
-        return cached.status, []
-    if cached is None:
-        seen = await get_agent(reader, agent_id)
-        cached = _record_view(seen)
-        if version is not None:
-            cache.put(agent_id, version, cached)
+    cached = await _cached_view(reader, cache, agent_id, version)
+    # The common beat changes nothing: with the view cached and no work held (open_assignments counts
+    # the held work in the same transactions that change it, the capacity invariant), nothing is read.
     if _changes_nothing(cached, beat):
         work = await open_work(reader, agent_id) if cached.open_assignments else []
         return cached.status, work
