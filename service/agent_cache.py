@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +29,7 @@ from sqlalchemy import CursorResult, Result, event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from service import db
+from service.cache import Lru
 from service.models.agents import Agent
 from service.schemas.agents import AgentOut
 
@@ -50,10 +50,9 @@ class AgentCache:
     """Views by agent id, each with the version it was read under and when; least recently used out."""
 
     def __init__(self, size: int, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._size = size
         self._seconds = seconds
         self._clock = clock
-        self._entries: OrderedDict[uuid.UUID, tuple[str, float, AgentOut]] = OrderedDict()
+        self._entries: Lru[uuid.UUID, tuple[str, float, AgentOut]] = Lru(size)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -65,27 +64,21 @@ class AgentCache:
             return None
         cached_version, stored_at, view = entry
         if cached_version != version or self._clock() - stored_at > self._seconds:
-            del self._entries[agent_id]
+            self._entries.pop(agent_id)
             return None
-        self._entries.move_to_end(agent_id)
         return view
 
     def put(self, agent_id: uuid.UUID, version: str, view: AgentOut) -> None:
         """Keep the view read from the database after `version` was read (never one this process's own
         uncommitted transaction changed: only views read outside a transaction that wrote)."""
-        if self._size <= 0:
-            return
-        self._entries[agent_id] = (version, self._clock(), view)
-        self._entries.move_to_end(agent_id)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+        self._entries.put(agent_id, (version, self._clock(), view))
 
     def drop(self, agent_ids: Iterable[uuid.UUID], every_agent: bool) -> None:
         if every_agent:
             self._entries.clear()
             return
         for agent_id in agent_ids:
-            self._entries.pop(agent_id, None)
+            self._entries.pop(agent_id)
 
 
 def current() -> AgentCache:

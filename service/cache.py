@@ -1,4 +1,5 @@
-"""A small shared key-value cache with expiry: Redis when configured, a dict in the embedded mode.
+"""A small shared key-value cache with expiry: Redis when configured, a dict in the embedded mode. And
+`Lru`, the bounded in-process map that per-process caches keep their entries in.
 
 It holds derived state only (which sessions are live, what each user may do); PostgreSQL stays the
 truth, so a flushed or restarted Redis costs a database read, never a wrong answer.
@@ -7,13 +8,49 @@ truth, so a flushed or restarted Redis costs a database read, never a wrong answ
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Generic, Protocol, TypeVar
 
 from redis.asyncio import Redis
 
 from service import redis_client
 
 PREFIX = "sb:"
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Lru(Generic[K, V]):
+    """At most `size` values by key, the least recently used dropped first; none kept when `size` ≤ 0."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        if self._size <= 0:
+            return
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._items.pop(key, None)
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
 class Cache(Protocol):

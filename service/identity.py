@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from quart_schema import security_scheme
 from sqlalchemy import select
 
 from service import config, csrf, db, errors, tokens
-from service.cache import Cache, MemoryCache, RedisCache
+from service.cache import Cache, Lru, MemoryCache, RedisCache
 from service.config import Settings
 from service.models.agents import Agent
 from service.models.sessions import ApiToken, LoginSession
@@ -33,7 +32,7 @@ T = TypeVar("T")
 
 # How long what a user may do is cached; any change to the user deletes the entry at once.
 GRANTS_TTL_SECONDS = 300
-# Agent tokens each process remembers the agent of, for the rate limiter's key (see _KnownAgents).
+# Agent tokens each process remembers the agent of, for the rate limiter's key (see _known_agents).
 KNOWN_AGENT_TOKENS = 50_000
 
 
@@ -181,26 +180,10 @@ async def _cached(keys: list[str], primed: dict[str, str | None]) -> list[str | 
     return await _cache().get_many(keys)
 
 
-class _KnownAgents:
+def _known_agents() -> Lru[str, uuid.UUID]:
     """Agent tokens this process has resolved, by hash: the agent each names, as the rate limiter's key
-    (an LRU of bounded size; a stale hint only counts a request against the agent it last named)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._agents: OrderedDict[str, uuid.UUID] = OrderedDict()
-
-    def get(self, token_hash: str) -> uuid.UUID | None:
-        return self._agents.get(token_hash)
-
-    def add(self, token_hash: str, agent_id: uuid.UUID) -> None:
-        self._agents[token_hash] = agent_id
-        self._agents.move_to_end(token_hash)
-        if len(self._agents) > self._size:
-            self._agents.popitem(last=False)
-
-
-def _known_agents() -> _KnownAgents:
-    known: _KnownAgents = current_app.extensions["auth_known_agents"]
+    (a stale hint only counts a request against the agent it last named)."""
+    known: Lru[str, uuid.UUID] = current_app.extensions["auth_known_agents"]
     return known
 
 
@@ -281,7 +264,7 @@ async def _resolve_agent(secret: str, primed: dict[str, str | None]) -> AgentIde
     token_hash = tokens.digest(secret)
     (cached,) = await _cached([agent_token_key(token_hash)], primed)
     if cached is not None:
-        _known_agents().add(token_hash, uuid.UUID(cached))
+        _known_agents().put(token_hash, uuid.UUID(cached))
         return AgentIdentity(uuid.UUID(cached))
     found = (
         await db.session().execute(
@@ -291,7 +274,7 @@ async def _resolve_agent(secret: str, primed: dict[str, str | None]) -> AgentIde
     if found is None:
         return None
     await _cache().set(agent_token_key(token_hash), str(found), GRANTS_TTL_SECONDS)
-    _known_agents().add(token_hash, found)
+    _known_agents().put(token_hash, found)
     return AgentIdentity(found)
 
 
@@ -470,4 +453,4 @@ def init_app(app: Quart, settings: Settings) -> None:
     async def _open_cache() -> None:
         redis = app.extensions.get("redis")
         app.extensions["auth_cache"] = RedisCache(redis) if redis is not None else MemoryCache()
-        app.extensions["auth_known_agents"] = _KnownAgents(KNOWN_AGENT_TOKENS)
+        app.extensions["auth_known_agents"] = Lru[str, uuid.UUID](KNOWN_AGENT_TOKENS)
