@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     database_pool_ping_after: float = Field(default=10.0, ge=0, le=3600)
     database_connect_timeout: float = Field(default=1.5, gt=0, le=120)
     database_statement_timeout: float = Field(default=2.0, gt=0, le=3600)
-    database_request_timeout: float = Field(default=3.0, gt=0, le=3600)
+    database_request_timeout: float = Field(default=3.5, gt=0, le=3600)
 
     redis_socket_timeout: float = Field(default=1.0, gt=0, le=60)
     # Per process. Commands hold one only while they run (the event listener has its own): the soak peaked
