@@ -7,6 +7,7 @@ truth, so a flushed or restarted Redis costs a database read, never a wrong answ
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -92,25 +93,25 @@ class RedisCache:
 
     Redis down: reads miss (the database answers), writes are skipped, and deletions that failed are
     kept and retried before the next command that reaches Redis, so an invalidation is late, never lost.
-    After a failure Redis is left alone for a few seconds but for one probe (`redis_client.Breaker`), so
-    a frozen Redis does not cost every request a socket timeout.
+    After a failure Redis is left alone for a few seconds but for one probe (`redis_client.Breaker`, the
+    app's one), so a frozen Redis does not cost every request a socket timeout.
     """
 
     def __init__(self, client: Redis, breaker: redis_client.Breaker | None = None) -> None:
         self._client = client
-        self._breaker = breaker or redis_client.Breaker("cache", probe=client.ping)
+        self._breaker = breaker or redis_client.Breaker("redis", probe=client.ping)
         self._undeleted: set[str] = set()
 
     async def get_many(self, keys: list[str]) -> list[str | None]:
-        if not self._breaker.allows():
-            return [None] * len(keys)
-        try:
+        async def read() -> list[bytes | str | None]:
             await self._retry_deletes()
-            values = await self._client.mget([PREFIX + key for key in keys])
-        except redis_client.FAILURES as error:
-            self._breaker.failed(error)
+            values: list[bytes | str | None] = await self._client.mget([PREFIX + key for key in keys])
+            return values
+
+        try:
+            values = await self._breaker.run(read)
+        except redis_client.FAILURES:
             return [None] * len(keys)
-        self._breaker.answered()
         return [None if value is None else redis_client.text(value) for value in values]
 
     def keys_to_read_elsewhere(self, keys: list[str]) -> list[str] | None:
@@ -122,26 +123,17 @@ class RedisCache:
         return [PREFIX + key for key in keys]
 
     async def set(self, key: str, value: str, ttl_seconds: int) -> None:
-        if not self._breaker.allows():
-            return
-        try:
+        async def write() -> None:
             await self._retry_deletes()
             await self._client.set(PREFIX + key, value, ex=ttl_seconds)
-        except redis_client.FAILURES as error:
-            self._breaker.failed(error)
-        else:
-            self._breaker.answered()
+
+        with contextlib.suppress(*redis_client.FAILURES):
+            await self._breaker.run(write)
 
     async def delete(self, *keys: str) -> None:
         self._undeleted.update(PREFIX + key for key in keys)
-        if not self._breaker.allows():
-            return
-        try:
-            await self._retry_deletes()
-        except redis_client.FAILURES as error:
-            self._breaker.failed(error)
-        else:
-            self._breaker.answered()
+        with contextlib.suppress(*redis_client.FAILURES):
+            await self._breaker.run(self._retry_deletes)
 
     async def _retry_deletes(self) -> None:
         if self._undeleted:

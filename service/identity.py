@@ -20,7 +20,7 @@ from quart_auth import Action, AuthUser, QuartAuth, current_user
 from quart_schema import security_scheme
 from sqlalchemy import select
 
-from service import config, csrf, db, errors, tokens
+from service import config, csrf, db, errors, redis_client, tokens
 from service.cache import Cache, Lru, MemoryCache, RedisCache
 from service.config import Settings
 from service.models.agents import Agent
@@ -452,5 +452,7 @@ def init_app(app: Quart, settings: Settings) -> None:
     @app.before_serving
     async def _open_cache() -> None:
         redis = app.extensions.get("redis")
-        app.extensions["auth_cache"] = RedisCache(redis) if redis is not None else MemoryCache()
+        app.extensions["auth_cache"] = (
+            MemoryCache() if redis is None else RedisCache(redis, redis_client.breaker(app))
+        )
         app.extensions["auth_known_agents"] = Lru[str, uuid.UUID](KNOWN_AGENT_TOKENS)

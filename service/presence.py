@@ -13,6 +13,7 @@ cached view is checked against every process's latest commit at no extra cost.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import uuid
 from collections.abc import Iterable
@@ -22,7 +23,6 @@ from typing import Protocol
 
 from quart import Quart, current_app
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service import redis_client
 
@@ -130,13 +130,14 @@ class MemoryPresence:
 class RedisPresence:
     """One hash, field = agent id: a beat is one HSET, a sweep one HMGET for every watched agent.
 
-    After a failure Redis is left alone for a few seconds but for one probe (`redis_client.Breaker`), so
-    a frozen Redis costs one heartbeat a socket timeout per interval rather than every heartbeat.
+    After a failure Redis is left alone for a few seconds but for one probe in the background
+    (`redis_client.Breaker`, the app's one), so a frozen Redis costs a socket timeout only to the calls
+    already waiting when it froze.
     """
 
     def __init__(self, redis: Redis, breaker: redis_client.Breaker | None = None) -> None:
         self._redis = redis
-        self._breaker = breaker or redis_client.Breaker("presence", probe=redis.ping)
+        self._breaker = breaker or redis_client.Breaker("redis", probe=redis.ping)
         self._record_script = redis.register_script(_RECORD_AND_VERSION)
         # Version changes Redis did not take (it failed after the commit): written before anything else
         # once it answers again. Meanwhile the caches' entry lifetime bounds what another process may show.
@@ -145,19 +146,18 @@ class RedisPresence:
         self._unbumped_every = 0
 
     async def record(self, agent_id: uuid.UUID, beat: Beat) -> str | None:
+        async def write() -> list[bytes | str | None]:
+            await self._catch_up()
+            fields = [str(agent_id), _encode(beat), _version_field(agent_id), EVERY_AGENT]
+            versions: list[bytes | str | None] = await self._record_script(keys=[KEY], args=fields)
+            return versions
+
         # Redis down: the beat is not noted, but the agent's answer still comes. The sweeper cannot read
         # presence either meanwhile, so nobody is marked offline for Redis's silence.
-        if not self._breaker.allows():
-            return None
         try:
-            await self._catch_up()
-            agent, every = await self._record_script(
-                keys=[KEY], args=[str(agent_id), _encode(beat), _version_field(agent_id), EVERY_AGENT]
-            )
-        except redis_client.FAILURES as error:
-            self._breaker.failed(error)
+            agent, every = await self._breaker.run(write)
+        except redis_client.FAILURES:
             return None
-        self._breaker.answered()
         return _version(agent, every)
 
     async def last(self, agent_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Beat]:
@@ -196,29 +196,20 @@ class RedisPresence:
         """
         if not fields:
             return []
-        if not self._breaker.allows():
-            raise RedisConnectionError("Redis failed moments ago; not asked again yet")
-        try:
+
+        async def read() -> list[bytes | str | None]:
             await self._catch_up()
             values: list[bytes | str | None] = await self._redis.hmget(KEY, fields)
-        except redis_client.FAILURES as error:
-            self._breaker.failed(error)
-            raise
-        self._breaker.answered()
-        return values
+            return values
+
+        return await self._breaker.run(read)
 
     async def bump(self, agent_ids: Iterable[uuid.UUID], every_agent: bool) -> None:
         """Replace the versions; what Redis does not take now it gets before anything else later."""
         self._unbumped.update(agent_ids)
         self._unbumped_every += every_agent
-        if not self._breaker.allows():
-            return
-        try:
-            await self._catch_up()
-        except redis_client.FAILURES as error:
-            self._breaker.failed(error)
-        else:
-            self._breaker.answered()
+        with contextlib.suppress(*redis_client.FAILURES):
+            await self._breaker.run(self._catch_up)
 
     async def _catch_up(self) -> None:
         """Write the version changes not yet written (cheap when there are none: the common case)."""
@@ -250,7 +241,9 @@ def init_app(app: Quart) -> None:
     @app.before_serving
     async def _open() -> None:
         redis: Redis | None = app.extensions.get("redis")
-        app.extensions["presence"] = RedisPresence(redis) if redis is not None else MemoryPresence()
+        app.extensions["presence"] = (
+            MemoryPresence() if redis is None else RedisPresence(redis, redis_client.breaker(app))
+        )
 
 
 def current() -> Presence:

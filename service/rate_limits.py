@@ -168,15 +168,16 @@ class Store(RateLimiterStoreABC):
 
     Redis keys expire once their TAT has passed (quart-rate-limiter's RedisStore never expires them).
     When Redis fails the limits carry on in memory rather than letting every request through (not
-    fail-open), with one warning per outage; Redis is tried again after `retry_seconds`.
+    fail-open); the breaker (the app's one, `redis_client.Breaker`) logs the outage once and finds Redis
+    back.
     """
 
     def __init__(
-        self, redis: Callable[[], Redis | None], retry_seconds: float = redis_client.RETRY_SECONDS
+        self, redis: Callable[[], Redis | None], breaker: redis_client.Breaker | None = None
     ) -> None:
         # A callable, not a client: the app's client only exists once before_serving has run.
         self._redis = redis
-        self._breaker = redis_client.Breaker("rate_limit_store", retry_seconds, probe=self._ping)
+        self._breaker = breaker or redis_client.Breaker("redis", probe=self._ping)
         self._script: AsyncScript | None = None
         self.memory = MemoryTats()
 
@@ -189,18 +190,18 @@ class Store(RateLimiterStoreABC):
     async def acquire(self, checks: list[Check], now: float, reads: Sequence[str] = ()) -> Decision:
         """Count one request against every check, unless one of them refuses it; and read the Redis
         keys `reads` in the same call (Decision.reads; not read when Redis is down)."""
-        client = self._client()
+        client = self._redis()
         if client is not None:
             if self._script is None or self._script.registered_client is not client:
                 self._script = client.register_script(_GCRA_SCRIPT)
             arguments = [now, *(value for check in checks for value in (check.inverse, check.max_interval))]
             keys = [*(KEY_PREFIX + check.key for check in checks), *reads]
+            script = self._script
             try:
-                raw = await self._script(keys=keys, args=arguments)
-            except redis_client.FAILURES as error:
-                self._breaker.failed(error)
+                raw = await self._breaker.run(lambda: script(keys=keys, args=arguments))
+            except redis_client.FAILURES:
+                pass  # counted in memory below
             else:
-                self._breaker.answered()
                 refused = int(raw[0])
                 tats, values = raw[1 : len(checks) + 1], raw[len(checks) + 1 :]
                 return Decision(
@@ -225,10 +226,6 @@ class Store(RateLimiterStoreABC):
         client = self._redis()
         if client is not None:
             await client.ping()
-
-    def _client(self) -> Redis | None:
-        client = self._redis()
-        return client if client is not None and self._breaker.allows() else None
 
 
 class _Limiter(RateLimiter):
@@ -407,7 +404,7 @@ def init_app(app: Quart, settings: Settings) -> None:
         named,
         app=app,
         key_function=_caller_key,
-        store=Store(lambda: app.extensions.get("redis")),
+        store=Store(lambda: app.extensions.get("redis"), redis_client.breaker(app)),
         default_limits=[_limit(settings.rate_limit_default)],
         enabled=settings.rate_limits_enabled,
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from quart import Quart
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from service import log
@@ -24,6 +26,12 @@ FAILURES = (RedisError, OSError, RuntimeError)
 # After a failure, how long callers leave Redis alone before one of them tries it again.
 RETRY_SECONDS = 5.0
 
+T = TypeVar("T")
+
+
+class Down(RedisConnectionError):
+    """Redis failed moments ago and is not asked again until the breaker's probe finds it back."""
+
 
 def text(value: bytes | str) -> str:
     """A Redis reply as text (the client returns bytes unless told to decode)."""
@@ -34,9 +42,13 @@ class Breaker:
     """Remembers that Redis failed, so a frozen Redis costs a socket timeout only to the calls that were
     already waiting on it when it froze: the others skip Redis and use their fallback.
 
+    The app keeps one per Redis client (`breaker()`), shared by everything that can do without Redis
+    (the auth cache, presence, the rate limiter's store): the first of them to fail opens it for all,
+    so a request that would ask Redis three times waits out one timeout, not three in a row.
+
     With a `probe` (a Redis call such as `client.ping`), every `retry_seconds` while Redis is down the
     probe runs in the background and no request waits for it; the breaker closes when it answers.
-    Without one, the first caller after each interval probes with its own call, as before.
+    Without one, the first caller after each interval probes with its own call.
     """
 
     def __init__(
@@ -79,6 +91,22 @@ class Breaker:
         else:
             self.answered()
 
+    async def run(self, command: Callable[[], Awaitable[T]]) -> T:
+        """`command()` (Redis calls), unless Redis is known to be down; notes whether it answered.
+
+        Raises:
+            One of FAILURES: the command failed, or Redis failed moments ago (Down).
+        """
+        if not self.allows():
+            raise Down("Redis failed moments ago; not asked again yet")
+        try:
+            result = await command()
+        except FAILURES as error:
+            self.failed(error)
+            raise
+        self.answered()
+        return result
+
     def failed(self, error: BaseException) -> None:
         if self._down_until is None:
             logger.warning(f"{self._name}_unavailable", detail="Redis failed", error=type(error).__name__)
@@ -110,7 +138,19 @@ def open_client(settings: Settings) -> Redis:
     return Redis.from_pool(pool)
 
 
+def breaker(app: Quart) -> Breaker:
+    """The app's one breaker for its Redis client (see Breaker)."""
+    shared: Breaker = app.extensions["redis_breaker"]
+    return shared
+
+
 def init_app(app: Quart, settings: Settings) -> None:
+    async def ping() -> None:
+        await app.extensions["redis"].ping()
+
+    # Made here rather than with the client so that what is set up before serving can hold it.
+    app.extensions["redis_breaker"] = Breaker("redis", probe=ping)
+
     @app.before_serving
     async def _open() -> None:
         if settings.redis_url is None:

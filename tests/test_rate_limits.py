@@ -20,7 +20,7 @@ from quart.wrappers import Response
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service import create_app, rate_limits, tokens
+from service import create_app, rate_limits, redis_client, tokens
 from service.application import Switchboard
 from service.config import Settings
 
@@ -264,8 +264,15 @@ async def test_redis_failure_falls_back_to_memory_and_still_limits(
             response = await client.post("/auth/register", json={})  # invalid: nothing is written
             assert response.status_code == 422
         await assert_rate_limited(await client.post("/auth/register", json={}))
+        # A signed token for a session nobody has: the auth cache is asked (Redis, skipped now), then
+        # the database, which knows no such session.
+        token = tokens.issue_access_token(dead.secret_key, uuid.uuid4(), uuid.uuid4(), ["viewer"], 600)
+        refused = await client.get("/api/v1/agents", headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 401
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
-    warnings = [line for line in lines if line["event"] == "rate_limit_store_unavailable"]
+    # One warning for the outage: the limiter and the auth cache share the app's one breaker, and the
+    # requests after the first failure do not ask Redis at all.
+    warnings = [line for line in lines if line["event"] == "redis_unavailable"]
     assert len(warnings) == 1
     assert warnings[0]["level"] == "warning"
 
@@ -303,7 +310,8 @@ async def test_store_goes_back_to_redis_once_it_answers(tmp_path: Path) -> None:
     port = free_port()
     # from_url, as the app builds its client: without the retries Redis(host=…) adds by default.
     client = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=1, socket_connect_timeout=1)
-    store = rate_limits.Store(lambda: client, retry_seconds=0)
+    breaker = redis_client.Breaker("redis", retry_seconds=0, probe=client.ping)
+    store = rate_limits.Store(lambda: client, breaker)
     # Two requests a minute: a second request passes, a third is refused.
     checks = [rate_limits.Check("down", inverse=30.0, max_interval=30.0)]
     now = time.time()
@@ -314,7 +322,7 @@ async def test_store_goes_back_to_redis_once_it_answers(tmp_path: Path) -> None:
         async with _redis_server(port, tmp_path):
             # No request waits on Redis while it is down: a probe in the background finds it back.
             for _ in range(100):
-                if store._client() is not None:
+                if breaker.allows():
                     break
                 await asyncio.sleep(0.05)
             up = [rate_limits.Check("up", inverse=30.0, max_interval=30.0)]

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from service import presence, redis_client
+from service import presence, rate_limits, redis_client
 from service.cache import RedisCache
 
 from .conftest import Stack
@@ -106,21 +106,27 @@ async def test_login_limits_hold_in_memory_while_redis_is_down(faults: Stack) ->
 
 
 async def test_a_frozen_redis_costs_one_timeout_per_interval_not_per_call() -> None:
-    """The cache and the presence store probe a failed Redis once per interval: the calls in between
-    do not reach it (no connection, no socket timeout each)."""
+    """Every user of a client shares its breaker (as the app's do): the first call that times out stops
+    the others from asking a frozen Redis, and while it stays down only the breaker's probe does (no
+    connection, no socket timeout per call)."""
     with FaultProxy(target_port=9).start() as frozen:
         frozen.freeze()
         client = Redis.from_url(f"redis://127.0.0.1:{frozen.port}/0", socket_timeout=0.2)
         try:
-            cache = RedisCache(client, redis_client.Breaker("cache", retry_seconds=60))
-            beats = presence.RedisPresence(client, redis_client.Breaker("presence", retry_seconds=60))
+            breaker = redis_client.Breaker("redis", retry_seconds=60, probe=client.ping)
+            cache = RedisCache(client, breaker)
+            beats = presence.RedisPresence(client, breaker)
+            limits = rate_limits.Store(lambda: client, breaker)
+            check = [rate_limits.Check("frozen", inverse=1.0, max_interval=10.0)]
             agent = uuid.uuid4()
             for _ in range(5):
+                assert (await limits.acquire(check, time.time())).refused is None  # counted in memory
                 assert await cache.get_many(["a", "b"]) == [None, None]
                 await cache.set("a", "1", 10)
                 await beats.record(agent, presence.Beat(datetime.now(UTC), None))
                 assert await presence.for_display(beats, [agent]) == {}
-            # One probe each (the cache's and the presence store's), each costing one timed-out connection.
-            assert frozen.accepted <= 2, frozen.accepted
+            # The first call, alone, reached Redis: one timed-out connection for all four users.
+            assert frozen.accepted == 1, frozen.accepted
+            assert len(limits.memory) == 1
         finally:
             await client.aclose()
