@@ -9,10 +9,11 @@ to another agent, or waits. An agent that finishes a job while marked offline ge
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from quart import Quart
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import background, db, log, presence
@@ -28,54 +29,79 @@ SWEEP_LOCK = 0x5B_05EE9
 SWEEP_LOOP = "sweeper"
 
 
+# Silent agents marked offline per transaction: each of them locks its row and those of the agents its
+# work moves to, so one transaction for a whole round would hold a fleet's locks (and make the requests
+# that touch those agents wait) until its last agent was done.
+OFFLINE_BATCH = 20
+
+
 async def sweep(
     database: db.Database, presence_store: presence.Presence, settings: Settings, now: datetime | None = None
 ) -> bool:
     """One round. Returns False (the loop waits for its interval); a round that cannot take the lock
-    because another instance is sweeping does nothing."""
+    because another instance is sweeping stops there.
+
+    What is read (the agents that should be beating, their beats in the presence store) is read outside
+    any transaction, so no connection is held while Redis answers; the silent ones are then marked
+    offline in short transactions of OFFLINE_BATCH, each taking the sweeper's lock and checking the
+    batch's beats again just before.
+    """
     now = now or datetime.now(UTC)
-    async with database.sessionmaker() as session:
-        if not await db.lead(session, SWEEP_LOCK):
-            await session.rollback()
-            return False
-        silent = await _silent_agents(
-            session, presence_store, now - timedelta(seconds=settings.agent_heartbeat_timeout)
-        )
-        for agent_id, last_seen, was in silent:
-            await _mark_offline(session, agent_id, last_seen, was, now)
-        await _mark_stale(session, now - timedelta(seconds=settings.agent_stale_after), now)
-        await _resume_paused(session, now)
-        await db.commit(session)
-    if silent:
-        logger.info("agents_offline", count=len(silent))
+    deadline = now - timedelta(seconds=settings.agent_heartbeat_timeout)
+    async with database.reader() as reader:
+        watched = (await reader.execute(_WATCHED)).all()
+    silent = _silent(watched, await presence_store.last(row.id for row in watched), deadline)
+    offline, leading = 0, True
+    for start in range(0, len(silent), OFFLINE_BATCH):
+        # Beats that came while the earlier batches were marked spare their agents.
+        beats = await presence_store.last(row.id for row in silent[start : start + OFFLINE_BATCH])
+        batch = _silent(silent[start : start + OFFLINE_BATCH], beats, deadline)
+        async with database.sessionmaker() as session:
+            leading = await db.lead(session, SWEEP_LOCK)
+            if not leading:
+                await session.rollback()
+                break
+            for row in batch:
+                beat = beats.get(row.id)
+                last_seen = beat.at if beat is not None else row.last_heartbeat_at
+                if await _mark_offline(session, row.id, last_seen, row.reported_status, now):
+                    offline += 1
+            await db.commit(session)
+    if leading:
+        async with database.sessionmaker() as session:
+            if await db.lead(session, SWEEP_LOCK):
+                await _mark_stale(session, now - timedelta(seconds=settings.agent_stale_after), now)
+                await _resume_paused(session, now)
+            await db.commit(session)
+    if offline:
+        logger.info("agents_offline", count=offline)
     return False
 
 
-async def _silent_agents(
-    session: AsyncSession, presence_store: presence.Presence, deadline: datetime
-) -> list[tuple[uuid.UUID, datetime | None, str]]:
-    watched = (
-        await session.execute(
-            select(Agent.id, Agent.last_heartbeat_at, Agent.status_changed_at, Agent.reported_status).where(
-                Agent.reported_status.in_(states.BEATING), Agent.deleted_at.is_(None)
-            )
-        )
-    ).all()
-    beats = await presence_store.last(row.id for row in watched)
+# The agents that should be beating, with what the database knows of their last sign of life.
+_Watched = Row[uuid.UUID, datetime | None, datetime | None, str]
+_WATCHED = select(Agent.id, Agent.last_heartbeat_at, Agent.status_changed_at, Agent.reported_status).where(
+    Agent.reported_status.in_(states.BEATING), Agent.deleted_at.is_(None)
+)
+
+
+def _silent(
+    watched: Sequence[_Watched], beats: dict[uuid.UUID, presence.Beat], deadline: datetime
+) -> list[_Watched]:
+    """The watched agents last seen before `deadline`."""
     silent = []
     for row in watched:
         beat = beats.get(row.id)
         seen = beat.at if beat is not None else (row.last_heartbeat_at or row.status_changed_at)
         if seen is None or seen < deadline:
-            silent.append(
-                (row.id, beat.at if beat is not None else row.last_heartbeat_at, row.reported_status)
-            )
+            silent.append(row)
     return silent
 
 
 async def _mark_offline(
     session: AsyncSession, agent_id: uuid.UUID, last_seen: datetime | None, was: str, now: datetime
-) -> None:
+) -> bool:
+    """Whether the agent was marked offline (not when a beat changed its status meanwhile)."""
     # Conditional: a beat that changed the status meanwhile wins over the sweeper.
     won = await db.conditional_update(
         session,
@@ -87,7 +113,7 @@ async def _mark_offline(
         last_heartbeat_at=last_seen,
     )
     if not won:
-        return
+        return False
     agent = won[0]
     requeued = await assignments.requeue_held(session, agent.id)
     requeued_ids = [str(i) for i in requeued]
@@ -95,6 +121,7 @@ async def _mark_offline(
         session, "agent.status_changed", agent, requeued=requeued_ids, **{"from": was, "to": states.OFFLINE}
     )
     agents.record_event(session, "agent.offline", agent, requeued=requeued_ids)
+    return True
 
 
 async def _mark_stale(session: AsyncSession, deadline: datetime, now: datetime) -> None:

@@ -4,12 +4,14 @@ paused agents resume on time; one sweeper at a time across instances."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from quart.testing import QuartClient
 from sqlalchemy import select, text
 
-from service import db
+from service import background, db, presence
 from service.application import Switchboard
 from service.config import Settings
 from service.models.events import OutboxEvent
@@ -128,3 +130,42 @@ async def test_assigned_work_and_lost_agents_are_notified(client: QuartClient, a
         )
     assert [(n.channel, n.kind) for n in queued] == [("log", "assignment.assigned"), ("log", "agent.offline")]
     assert queued[1].payload["data"]["agent"]["id"] == agent_id
+
+
+async def test_a_large_round_marks_in_short_batches_holding_no_connection_across_redis(
+    client: QuartClient, app: Switchboard
+) -> None:
+    """A round's silent agents are marked offline a batch per transaction (one transaction for the fleet
+    would hold every row it touched until the end); the presence store is asked with no database
+    connection held, and each batch's beats are asked again just before it is marked, so an agent
+    that beats while earlier batches are marked stays online."""
+    operator = await signed_in(client, "opal", "operator", app)
+    fleet = [await online_agent(client, operator, f"a{n}") for n in range(sweeper.OFFLINE_BATCH + 3)]
+    await background.loops_of(app).stop()  # their rounds take connections of their own
+    database: db.Database = app.extensions["db"]
+    store = app.extensions["presence"]
+    held: list[int] = []
+    original = store.last
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    revived: list[uuid.UUID] = []
+
+    async def last(agent_ids: Any) -> Any:
+        held.append(database.engine.sync_engine.pool.checkedout())
+        asked = list(agent_ids)
+        if len(held) == 3:  # the second batch, the first one marked: one of its agents beats now
+            revived.append(asked[0])
+            await store.record(asked[0], presence.Beat(later, None))
+        return await original(asked)
+
+    store.last = last
+    try:
+        async with app.app_context():
+            settings: Settings = app.config["SETTINGS"]
+            await sweeper.sweep(database, store, settings, later)
+    finally:
+        store.last = original
+    assert held == [0, 0, 0]  # the whole fleet, then each of the two batches again
+    statuses = {agent_id: (await _agent(client, operator, agent_id))["status"] for agent_id, _ in fleet}
+    assert statuses.pop(str(revived[0])) == "online"
+    assert set(statuses.values()) == {"offline"}
+    assert (await _event_types(app)).count("agent.offline") == len(fleet) - 1
