@@ -176,9 +176,13 @@ async def create_assignment(session: AsyncSession, caller: Identity, data: Assig
         required_capabilities=sorted(set(data.required_capabilities)),
         priority=data.priority,
         created_by=caller.user_id,
+        attempts=0,
     )
     session.add(assignment)
-    await _place(session, assignment, data.agent_id)
+    # Placed before it is written: one INSERT with its agent, rather than an INSERT that the candidates'
+    # query would flush first and an UPDATE after it.
+    with session.no_autoflush:
+        await _place(session, assignment, data.agent_id)
     await session.flush()
     outbox.record(session, "assignment.created", event_data(assignment), assignment.agent_id)
     if assignment.agent_id is not None:
