@@ -14,7 +14,6 @@ from quart_schema import (
 )
 
 from service import db, identity, openapi, permissions
-from service.models.assignments import IdempotencyKey
 from service.schemas.assignments import (
     AssignmentIn,
     AssignmentOut,
@@ -58,7 +57,7 @@ async def create_assignment(data: AssignmentIn) -> tuple[Success[AssignmentOut] 
     caller = await identity.current()
     session = db.session()
     key = request.headers.get("Idempotency-Key")
-    claimed: IdempotencyKey | None = None
+    claimed: uuid.UUID | None = None
     if key is not None:
         found = await idempotency.claim(
             session, caller.user_id, key, idempotency.fingerprint(data.model_dump(mode="json"))
@@ -69,7 +68,7 @@ async def create_assignment(data: AssignmentIn) -> tuple[Success[AssignmentOut] 
     assignment = await assignments.create_assignment(session, caller, data)
     body = _one(assignment, "Assignment created.")
     if claimed is not None:
-        idempotency.settle(claimed, 201, body.model_dump(mode="json"))
+        await idempotency.settle(session, claimed, 201, body.model_dump(mode="json"))
     return body, 201
 
 

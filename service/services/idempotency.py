@@ -10,11 +10,11 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import errors
+from service import db, errors
 from service.models.assignments import IdempotencyKey
 
 MAX_KEY_LENGTH = 200
@@ -26,11 +26,13 @@ def fingerprint(body: Any) -> str:
 
 async def claim(
     session: AsyncSession, user_id: uuid.UUID, key: str, request_hash: str
-) -> tuple[int, dict[str, Any]] | IdempotencyKey:
-    """The stored (status, body) when this key was used before; else a claim to fill in with `settle`.
+) -> tuple[int, dict[str, Any]] | uuid.UUID:
+    """The stored (status, body) when this key was used before; else the id of a claim to fill in with
+    `settle`.
 
-    Two requests racing with one key: the second waits on the unique index until the first commits,
-    then replays its answer.
+    The claim is an INSERT that does nothing on a conflict: the common first use costs that one
+    statement, and a replay one SELECT more. Two requests racing with one key: the second's INSERT waits
+    on the unique index until the first commits, then finds its answer.
 
     Raises:
         MalformedRequest: an empty or overlong key.
@@ -38,19 +40,17 @@ async def claim(
     """
     if not key or len(key) > MAX_KEY_LENGTH:
         raise errors.MalformedRequest(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters.")
+    insert = postgresql.insert if db.is_postgres(session) else sqlite.insert
+    claimed: uuid.UUID | None = await session.scalar(
+        insert(IdempotencyKey)
+        .values(user_id=user_id, key=key, request_hash=request_hash, status_code=0, response={})
+        .on_conflict_do_nothing(index_elements=[IdempotencyKey.user_id, IdempotencyKey.key])
+        .returning(IdempotencyKey.id)
+    )
+    if claimed is not None:
+        return claimed
     stored = await _find(session, user_id, key)
-    if stored is None:
-        claimed = IdempotencyKey(
-            user_id=user_id, key=key, request_hash=request_hash, status_code=0, response={}
-        )
-        session.add(claimed)
-        try:
-            await session.flush()
-            return claimed
-        except IntegrityError:
-            await session.rollback()
-            stored = await _find(session, user_id, key)
-            assert stored is not None  # the unique violation means it exists, committed
+    assert stored is not None  # it conflicted: the row exists, committed
     if stored.request_hash != request_hash:
         raise errors.Conflict(
             "This Idempotency-Key was used for a different request.", {"header": "Idempotency-Key"}
@@ -58,10 +58,13 @@ async def claim(
     return stored.status_code, stored.response
 
 
-def settle(claimed: IdempotencyKey, status_code: int, body: dict[str, Any]) -> None:
+async def settle(session: AsyncSession, claim: uuid.UUID, status_code: int, body: dict[str, Any]) -> None:
     """Store the answer; it commits with the change it describes."""
-    claimed.status_code = status_code
-    claimed.response = body
+    await session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.id == claim)
+        .values(status_code=status_code, response=body)
+    )
 
 
 async def _find(session: AsyncSession, user_id: uuid.UUID, key: str) -> IdempotencyKey | None:
