@@ -97,13 +97,17 @@ async def _claim_capacity(session: AsyncSession, agent_id: uuid.UUID, *, auto: b
     return bool(won.rowcount == 1)  # type: ignore[attr-defined]
 
 
-async def release_capacity(session: AsyncSession, agent_id: uuid.UUID) -> None:
-    await session.execute(
-        update(Agent)
-        .where(Agent.id == agent_id, Agent.open_assignments > 0)
-        .values(open_assignments=Agent.open_assignments - 1)
-        .execution_options(synchronize_session=False, **agent_cache.touches(agent_id))
+async def release_capacity(session: AsyncSession, agent_id: uuid.UUID) -> Agent | None:
+    """Give back one slot of the agent's capacity; returns its row as it is now (None if it held none),
+    so that handing it pending work next needs no read of its own."""
+    released = await db.conditional_update(
+        session,
+        Agent,
+        Agent.id == agent_id,
+        Agent.open_assignments > 0,
+        open_assignments=Agent.open_assignments - 1,
     )
+    return released[0] if released else None
 
 
 async def _candidates(session: AsyncSession, required: Sequence[str]) -> Sequence[uuid.UUID]:
@@ -254,8 +258,7 @@ async def transition(
         assignment.agent_id,
     )
     if target in states.CLOSED and held_by is not None:
-        await release_capacity(session, held_by)
-        await dispatch_to(session, held_by)
+        await dispatch_to(session, held_by, await release_capacity(session, held_by))
     return assignment
 
 
@@ -280,8 +283,7 @@ async def reassign(
     )
     if not taken:
         raise errors.Conflict("The assignment changed meanwhile; try again.")
-    if previous_agent is not None:
-        await release_capacity(session, previous_agent)
+    released = None if previous_agent is None else await release_capacity(session, previous_agent)
     await _place(session, assignment, agent_id)
     await session.flush()
     outbox.record(
@@ -296,13 +298,16 @@ async def reassign(
         assignment.agent_id or previous_agent,
     )
     if previous_agent is not None and previous_agent != assignment.agent_id:
-        await dispatch_to(session, previous_agent)
+        await dispatch_to(session, previous_agent, released)
     return assignment
 
 
-async def dispatch_to(session: AsyncSession, agent_id: uuid.UUID) -> list[Assignment]:
-    """Hand pending work the agent can do to it, by priority then age, while it has capacity."""
-    agent = await session.get(Agent, agent_id, populate_existing=True)
+async def dispatch_to(
+    session: AsyncSession, agent_id: uuid.UUID, row: Agent | None = None
+) -> list[Assignment]:
+    """Hand pending work the agent can do to it, by priority then age, while it has capacity. `row`: the
+    agent's row as this transaction just wrote it, if the caller has it (else it is read)."""
+    agent = row or await session.get(Agent, agent_id, populate_existing=True)
     if (
         agent is None
         or agent.is_deleted
