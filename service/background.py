@@ -31,6 +31,10 @@ class Loop:
     # Set to run the next round now rather than after the interval (e.g. an event was just written).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # Set by Loops.stop before it cancels the task: a cancellation swallowed on the way (Python 3.11's
+    # asyncio.wait_for loses one that races with its awaitable finishing, and libraries' awaits may too)
+    # still ends the loop at its next turn instead of leaving stop() waiting forever.
+    stopping: bool = False
     # Housekeeping waits one interval before its first round: nothing is urgent at start, and instances
     # started together do not all do it at once.
     wait_first: bool = False
@@ -38,9 +42,8 @@ class Loop:
     async def run(self) -> None:
         failures = 0
         if self.wait_first:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.interval)
-        while True:
+            await self._rest(self.interval)
+        while not self.stopping:
             # Cleared before the round, not after: a wake that comes while the round runs (an event
             # committed just after the round read the outbox) runs the next round at once.
             self.wake.clear()
@@ -63,8 +66,14 @@ class Loop:
             delay = (
                 min(self.max_backoff, self.interval * 2 ** min(failures, 5)) if failures else self.interval
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), delay)
+            await self._rest(delay)
+
+    async def _rest(self, seconds: float) -> None:
+        """Wait `seconds` or until woken. asyncio.timeout rather than wait_for, which in Python 3.11 can
+        swallow a cancellation that comes as the wake does."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.wake.wait()
 
 
 class Loops:
@@ -92,15 +101,18 @@ class Loops:
     def start(self) -> None:
         for loop in self._loops.values():
             loop.wake = asyncio.Event()  # bound to the serving loop
+            loop.stopping = False
             loop.task = asyncio.get_running_loop().create_task(loop.run(), name=f"background:{loop.name}")
 
     async def stop(self) -> None:
         tasks = [loop.task for loop in self._loops.values() if loop.task is not None]
+        for loop in self._loops.values():
+            loop.stopping = True
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # gather, not a suppressed CancelledError per task: that would also swallow a cancellation of
+        # the caller itself.
+        await asyncio.gather(*tasks, return_exceptions=True)
         for loop in self._loops.values():
             loop.task = None
 

@@ -4,6 +4,7 @@ relaying tries again soon rather than a whole interval later."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from quart.testing import QuartClient
 from sqlalchemy import func, select, text
@@ -64,3 +65,22 @@ async def test_a_relay_that_cannot_lead_asks_to_run_again_soon(app: Switchboard,
             break
         await asyncio.sleep(0.05)
     assert await _unpublished(database) == 0
+
+
+async def test_stop_ends_a_loop_whose_round_swallowed_the_cancellation() -> None:
+    """A cancellation lost inside a round (Python 3.11's wait_for drops one that races with its result)
+    must not leave stop() waiting for a loop that runs on: the loop ends at its next turn."""
+    loops = background.Loops()
+    started = asyncio.Event()
+
+    async def round_() -> bool:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):  # lost, as a racing wait_for loses it
+            await asyncio.sleep(3600)
+        return True  # "busy": without the stop flag the loop would go straight into another round
+
+    loops.add("swallower", round_, interval=3600)
+    loops.start()
+    await asyncio.wait_for(started.wait(), 5)
+    async with asyncio.timeout(5):
+        await loops.stop()
