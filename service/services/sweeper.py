@@ -53,9 +53,10 @@ async def sweep(
     silent = _silent(watched, await presence_store.last(row.id for row in watched), deadline)
     offline, leading = 0, True
     for start in range(0, len(silent), OFFLINE_BATCH):
+        chunk = silent[start : start + OFFLINE_BATCH]
         # Beats that came while the earlier batches were marked spare their agents.
-        beats = await presence_store.last(row.id for row in silent[start : start + OFFLINE_BATCH])
-        batch = _silent(silent[start : start + OFFLINE_BATCH], beats, deadline)
+        beats = await presence_store.last(row.id for row in chunk)
+        batch = _silent(chunk, beats, deadline)
         async with database.sessionmaker() as session:
             leading = await db.lead(session, SWEEP_LOCK)
             if not leading:
