@@ -14,6 +14,7 @@ from service import (
     db,
     draining,
     errors,
+    heap,
     identity,
     log,
     mail,
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Switchboard:
     app.register_blueprint(auth.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(dashboard.blueprint)
+    heap.init_app(app)  # last: its before_serving freezes what the others opened
     return app
 
 
