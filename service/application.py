@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from pydantic import BaseModel
 from quart import Quart, Request, Response
+from quart.asgi import ASGIHTTPConnection
 from quart.ctx import RequestContext
 from quart.sessions import SessionInterface, SessionMixin
+from quart.typing import ResponseTypes
+from quart.utils import cancel_tasks, raise_task_exceptions
 from quart.wrappers import BaseRequestWebsocket
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -44,9 +49,45 @@ class _NoSessions(SessionInterface):
         return None
 
 
+class _FinishingConnection(ASGIHTTPConnection):
+    """Quart's HTTP handling, except that a client who goes away before its response has started no
+    longer cancels the request: it runs to the end, and nothing is sent.
+
+    Cancelled, a request could stop anywhere, and SQLAlchemy does not return a connection to the pool
+    when the cancellation lands while it resets it (after a commit, at a session's close): the
+    connection stays checked out until the garbage collector finds it, seconds or minutes later. In
+    the embedded mode that was the only connection, and every request waited for it and got 503. A
+    request's own work is bounded anyway (the database deadline, Redis's breaker). A response that is
+    being sent when the client leaves (an event stream) is still cancelled: its database work is done.
+    """
+
+    _gone = False
+    _responding = False
+
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        request = self._create_request_from_scope(send)
+        receiver = asyncio.ensure_future(self.handle_messages(request, receive))
+        handler = asyncio.ensure_future(self.handle_request(request, send))
+        await asyncio.wait([handler, receiver], return_when=asyncio.FIRST_COMPLETED)
+        if receiver.done() and not handler.done():
+            self._gone = True
+            if not self._responding:
+                await asyncio.wait([handler])
+        tasks = {handler, receiver}
+        await cancel_tasks({task for task in tasks if not task.done()})
+        raise_task_exceptions(tasks)
+
+    async def _send_response(self, send: ASGISendCallable, response: ResponseTypes) -> None:
+        if self._gone:
+            return  # nobody to send it to
+        self._responding = True
+        await super()._send_response(send, response)
+
+
 class Switchboard(Quart):
     request_class = JSONRequest
     session_interface = _NoSessions()  # type: ignore[assignment]
+    asgi_http_class = _FinishingConnection
 
     async def preprocess_request(self, request_context: RequestContext | None = None) -> Any:
         """Run the before-request hooks (some ask who is calling, from the database) within the deadline

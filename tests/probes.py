@@ -64,6 +64,16 @@ async def post_note(note: str) -> dict[str, object]:
     return {"stored": note}
 
 
+@blueprint.post("/notes/<note>/held")
+async def post_note_held(note: str) -> dict[str, object]:
+    """Write, then wait for the test (PROBE_HOLD: events "reached" and "release") before answering."""
+    await db.session().execute(text("INSERT INTO probe_notes (body) VALUES (:body)"), {"body": note})
+    reached, release = current_app.config["PROBE_HOLD"]
+    reached.set()
+    await release.wait()
+    return {"stored": note}
+
+
 @blueprint.post("/notes/<note>/fail")
 async def post_note_then_fail(note: str) -> dict[str, object]:
     await db.session().execute(text("INSERT INTO probe_notes (body) VALUES (:body)"), {"body": note})

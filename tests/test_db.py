@@ -76,6 +76,48 @@ async def test_the_session_is_closed_after_each_request(probe_app: Switchboard) 
     assert probe_app.extensions["db"].engine.sync_engine.pool.checkedout() == 0
 
 
+async def test_a_client_that_leaves_mid_request_does_not_cut_the_request_short(
+    probe_app: Switchboard,
+) -> None:
+    """Its request runs to the end (a cancelled one could leave its pooled connection checked out until
+    the garbage collector found it): the write commits, the connection goes back, nothing is sent."""
+    reached, release = asyncio.Event(), asyncio.Event()
+    probe_app.config["PROBE_HOLD"] = (reached, release)
+    arriving: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    arriving.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    path = "/_probe/notes/after-leaving/held"
+    scope = {
+        "type": "http",
+        "asgi": {"spec_version": "2.3", "version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("localhost", 80),
+        "extensions": {},
+    }
+    serving = asyncio.create_task(probe_app(scope, arriving.get, send))  # type: ignore[arg-type]
+    await asyncio.wait_for(reached.wait(), 5)
+    arriving.put_nowait({"type": "http.disconnect"})
+    await asyncio.sleep(0.05)  # the disconnect is seen while the view still waits
+    release.set()
+    await asyncio.wait_for(serving, 5)
+
+    assert sent == []
+    assert await _notes(probe_app) == ["after-leaving"]
+    assert probe_app.extensions["db"].engine.sync_engine.pool.checkedout() == 0
+
+
 async def test_safe_requests_read_without_a_transaction_block(probe_app: Switchboard) -> None:
     """GET reads cost their queries alone (no BEGIN and COMMIT round trips); POST writes in one block."""
     client = probe_app.test_client()
