@@ -33,7 +33,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--compare", type=Path, help="another checkout whose service runs alternately")
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds (default 2)")
     parser.add_argument(
-        "--scale-rounds", type=int, default=1, help="alternated rounds of the SSE scale part (default 1)"
+        "--scale-rounds",
+        type=int,
+        default=1,
+        help="alternated rounds of the SSE scale part (default 1; 0 leaves it out)",
     )
     parser.add_argument("--no-record", action="store_true", help="print only; leave docs/benchmarks.md")
     arguments = parser.parse_args()

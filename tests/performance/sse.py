@@ -40,6 +40,9 @@ DRAIN_SECONDS = 4
 LIMIT_MS = 250
 VIEWERS = 12
 STREAMS_PER_VIEWER = 900  # under SSE_STREAMS_PER_USER (1000)
+# Before each measurement: the servers used less than QUIET_CPU_SECONDS in half a second (10 % of a core).
+QUIET_SECONDS = 60.0
+QUIET_CPU_SECONDS = 0.05
 # Streams not started by then count as refused: a loaded machine must not stretch a run without bound.
 CONNECT_SECONDS = 150
 _EVERYTHING = "/api/v1/events"
@@ -290,6 +293,23 @@ async def _measure(
     )
 
 
+async def _quiet(running: list[Server]) -> None:
+    """Wait (up to QUIET_SECONDS) until every server of the run is idle. The servers of one run all stay
+    up, and one that fell behind (the naive reference past its limit queues millions of deliveries) goes
+    on working off its backlog after its clients left: measured meanwhile, the next side would share
+    the cores with it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + QUIET_SECONDS
+    used = sum(server.cpu_seconds() for server in running)
+    while loop.time() < deadline:
+        await asyncio.sleep(0.5)
+        now = sum(server.cpu_seconds() for server in running)
+        if now - used < QUIET_CPU_SECONDS:
+            return
+        used = now
+    print(f"  the servers were still busy after {QUIET_SECONDS:.0f} s; measuring anyway", flush=True)
+
+
 @contextlib.contextmanager
 def _pair(plan: Plan, workers: int) -> Iterator[list[tuple[App, Server]]]:
     """Each service under test and the naive reference, all running; the first service also publishes."""
@@ -334,6 +354,7 @@ async def _broadcast(plan: Plan, seeded: list[SeededAgent], report: Report) -> N
                         continue
                     viewer = tokens.get(app.label, tokens[targets[0][0].label])
                     specs = _specs(viewer, [_EVERYTHING] * level)
+                    await _quiet([running for _, running in targets])
                     outcome = await _measure(
                         plan,
                         app.label,
@@ -394,6 +415,7 @@ async def _scale(plan: Plan, seeded: list[SeededAgent], report: Report) -> None:
             order = targets if round_ % 2 == 0 else list(reversed(targets))
             for app, server in order:
                 viewer = tokens.get(app.label, tokens[targets[0][0].label])
+                await _quiet([running for _, running in targets])
                 outcome = await _measure(
                     plan,
                     app.label,
@@ -419,7 +441,8 @@ async def run(plan: Plan) -> Report:
     seeded = await fleet.seed_agents(plan.backends, fleet.FLEET, SCALE_FILTERED, ["bench"])
     report = Report("sse: fan-out against the naive reference", plan.compared)
     await _broadcast(plan, seeded, report)
-    await _scale(plan, seeded, report)
+    if plan.scale_rounds > 0:  # 0: the broadcast part alone
+        await _scale(plan, seeded, report)
     report.note(
         "Publish→receive runs from the event's append to the log (the milliseconds of its id, Redis's "
         "clock) to its arrival at the subscriber: the fan-out, as the naive reference does it too. "
