@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
+from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCallable
 from pydantic import BaseModel
 from quart import Quart, Request, Response
 from quart.asgi import ASGIHTTPConnection
@@ -59,19 +59,29 @@ class _FinishingConnection(ASGIHTTPConnection):
     the embedded mode that was the only connection, and every request waited for it and got 503. A
     request's own work is bounded anyway (the database deadline, Redis's breaker). A response that is
     being sent when the client leaves (an event stream) is still cancelled: its database work is done.
+    So is one whose body never fully arrived: it would only wait for it (BODY_TIMEOUT), and a cut body
+    must not be acted on.
     """
 
     _gone = False
     _responding = False
+    _received = False  # the whole body arrived
 
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         request = self._create_request_from_scope(send)
-        receiver = asyncio.ensure_future(self.handle_messages(request, receive))
+
+        async def noting_the_end_of_the_body() -> ASGIReceiveEvent:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                self._received = True
+            return message
+
+        receiver = asyncio.ensure_future(self.handle_messages(request, noting_the_end_of_the_body))
         handler = asyncio.ensure_future(self.handle_request(request, send))
         await asyncio.wait([handler, receiver], return_when=asyncio.FIRST_COMPLETED)
         if receiver.done() and not handler.done():
             self._gone = True
-            if not self._responding:
+            if self._received and not self._responding:
                 await asyncio.wait([handler])
         tasks = {handler, receiver}
         await cancel_tasks({task for task in tasks if not task.done()})

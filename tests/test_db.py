@@ -76,21 +76,18 @@ async def test_the_session_is_closed_after_each_request(probe_app: Switchboard) 
     assert probe_app.extensions["db"].engine.sync_engine.pool.checkedout() == 0
 
 
-async def test_a_client_that_leaves_mid_request_does_not_cut_the_request_short(
-    probe_app: Switchboard,
-) -> None:
-    """Its request runs to the end (a cancelled one could leave its pooled connection checked out until
-    the garbage collector found it): the write commits, the connection goes back, nothing is sent."""
+async def _leave_mid_request(app: Switchboard, note: str, body_complete: bool) -> list[dict[str, Any]]:
+    """POST the held probe over ASGI, the client going away while its view waits; what was sent."""
     reached, release = asyncio.Event(), asyncio.Event()
-    probe_app.config["PROBE_HOLD"] = (reached, release)
+    app.config["PROBE_HOLD"] = (reached, release)
     arriving: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    arriving.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+    arriving.put_nowait({"type": "http.request", "body": b"{}", "more_body": not body_complete})
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    path = "/_probe/notes/after-leaving/held"
+    path = f"/_probe/notes/{note}/held"
     scope = {
         "type": "http",
         "asgi": {"spec_version": "2.3", "version": "3.0"},
@@ -106,15 +103,31 @@ async def test_a_client_that_leaves_mid_request_does_not_cut_the_request_short(
         "server": ("localhost", 80),
         "extensions": {},
     }
-    serving = asyncio.create_task(probe_app(scope, arriving.get, send))  # type: ignore[arg-type]
+    serving = asyncio.create_task(app(scope, arriving.get, send))  # type: ignore[arg-type]
     await asyncio.wait_for(reached.wait(), 5)
     arriving.put_nowait({"type": "http.disconnect"})
     await asyncio.sleep(0.05)  # the disconnect is seen while the view still waits
     release.set()
     await asyncio.wait_for(serving, 5)
+    return sent
 
-    assert sent == []
+
+async def test_a_client_that_leaves_mid_request_does_not_cut_the_request_short(
+    probe_app: Switchboard,
+) -> None:
+    """Its request runs to the end (a cancelled one could leave its pooled connection checked out until
+    the garbage collector found it): the write commits, the connection goes back, nothing is sent."""
+    assert await _leave_mid_request(probe_app, "after-leaving", body_complete=True) == []
     assert await _notes(probe_app) == ["after-leaving"]
+    assert probe_app.extensions["db"].engine.sync_engine.pool.checkedout() == 0
+
+
+async def test_a_request_whose_body_never_arrived_is_cancelled_when_its_client_leaves(
+    probe_app: Switchboard,
+) -> None:
+    """A cut body is not acted on: the request stops, and what it wrote is rolled back."""
+    assert await _leave_mid_request(probe_app, "cut-body", body_complete=False) == []
+    assert await _notes(probe_app) == []
     assert probe_app.extensions["db"].engine.sync_engine.pool.checkedout() == 0
 
 
