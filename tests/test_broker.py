@@ -22,6 +22,7 @@ from service.events.broker import (
     BrokerUnavailable,
     Envelope,
     Event,
+    Mailbox,
     SubscriberLagged,
     encode_data,
     event_id_key,
@@ -305,6 +306,22 @@ async def test_a_slow_consumer_recovers_the_overflow_from_the_log(broker: Broker
         got += await take(stream, 1)
 
     assert numbers(got) == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 100]
+
+
+async def test_a_mailbox_is_bounded_first_in_first_out_and_wakes_its_reader() -> None:
+    box = Mailbox(2)
+    reader = asyncio.create_task(box.get())
+    await asyncio.sleep(0)
+    assert not reader.done()  # nothing yet: it waits
+    first = make_event("1-0", "agent.updated", None, "{}")
+    second = make_event("2-0", "agent.updated", None, "{}")
+    assert box.offer(first)
+    assert await asyncio.wait_for(reader, WAIT) is first
+    assert box.offer(second)
+    assert box.offer(None)
+    assert not box.offer(first)  # full: refused, nothing added
+    assert [await box.get(), await box.get()] == [second, None]
+    assert box.empty()
 
 
 async def test_a_slow_consumer_lags_when_the_log_no_longer_holds_the_gap(

@@ -9,7 +9,7 @@ queue per subscription; a subscriber that falls behind recovers the gap from the
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import hashlib
 import json
 import re
@@ -223,9 +223,7 @@ class FanOut:
         for subscription in members:
             if subscription._lagging:
                 continue
-            try:
-                subscription._queue.put_nowait(event)
-            except asyncio.QueueFull:
+            if not subscription._queue.offer(event):
                 # Stop queueing for this subscriber: the queue keeps an unbroken prefix and the rest is
                 # read back from the log once the subscriber has drained it.
                 subscription._lag(predecessor(event.key))
@@ -237,8 +235,65 @@ class FanOut:
             subscription._lag(key)
 
 
+class Mailbox:
+    """A subscription's bounded queue, for its one reader.
+
+    Not asyncio.Queue: that holds four deques and an Event per instance, 3.3 KiB of the 41 KiB a worker
+    held per idle stream (tracemalloc, docs/benchmarks.md), and its put and get serve many readers and
+    writers, which a subscription never has. This holds one deque, and a future only while its reader
+    waits.
+    """
+
+    __slots__ = ("_items", "_maxsize", "_waiter")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: collections.deque[Event | None] = collections.deque()
+        self._maxsize = maxsize
+        self._waiter: asyncio.Future[None] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def offer(self, item: Event | None) -> bool:
+        """Add `item` and wake the reader; False (and nothing added) when full."""
+        if len(self._items) >= self._maxsize:
+            return False
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    async def get(self) -> Event | None:
+        """The oldest item, waiting for one if there is none."""
+        while not self._items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class Subscription:
     """One live subscriber's bounded queue; an async context manager that unregisters on exit."""
+
+    # A worker holds one per open stream, thousands at a time: no per-instance dict.
+    __slots__ = (
+        "_active_at",
+        "_beat_queued",
+        "_closed",
+        "_fanout",
+        "_heartbeat",
+        "_interrupted",
+        "_lagging",
+        "_last",
+        "_queue",
+        "_replay",
+        "_resume_after",
+        "_timer",
+        "topics",
+    )
 
     def __init__(self, fanout: FanOut, replay: ReplayFn, topics: frozenset[str] | None, maxsize: int) -> None:
         if maxsize < 1:
@@ -247,7 +302,7 @@ class Subscription:
         self._fanout = fanout
         self._replay = replay
         # Events from the fan-out; None is a heartbeat put there by this subscription's own timer.
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self._queue = Mailbox(maxsize)
         # Set when events stopped reaching the queue: everything after `_resume_after` is read from the log.
         self._lagging = False
         self._resume_after: tuple[int, int] = (0, 0)
@@ -285,8 +340,7 @@ class Subscription:
         subscriber's session ended): the iterator returns instead of waiting for the next event."""
         self._interrupted = True
         self.close()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)  # wakes a waiting get; a full queue wakes it anyway
+        self._queue.offer(None)  # wakes a waiting get; a full queue wakes it anyway
 
     async def events(self, last_event_id: str | None, heartbeat: float) -> AsyncIterator[Event | None]:
         """Events in id order: those after `last_event_id` from the log first, then live ones.
@@ -371,8 +425,7 @@ class Subscription:
         due = self._active_at + self._heartbeat
         if loop.time() >= due:
             # One heartbeat waiting is enough; a full queue means a busy subscriber, not an idle one.
-            if not self._beat_queued and not self._queue.full():
-                self._queue.put_nowait(None)
+            if not self._beat_queued and self._queue.offer(None):
                 self._beat_queued = True
             self._active_at = due = loop.time()
             due += self._heartbeat
