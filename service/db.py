@@ -205,7 +205,11 @@ def _set_deadline(when: float | None) -> None:
     """Arm (or, with None, disarm) the request's database deadline, and the scope running now if any."""
     g.db_deadline = when
     scope: asyncio.Timeout | None = g.get("db_scope")
-    if scope is not None:
+    # An expired scope has fired: it cancelled the request, and can no longer be moved (reschedule would
+    # raise, a 500). Usually the cancellation ends the request, a 503; but something on the way may have
+    # swallowed it (3.11's asyncio.wait_for can, when what it waited for finished in the same instant),
+    # and the request went on, as here after its commit (seen with 1,000 streams opening at once).
+    if scope is not None and not scope.expired():
         scope.reschedule(when)
 
 

@@ -5,6 +5,7 @@ Registered only by the tests that need it, on their own app; never part of the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from pydantic import BaseModel, Field
 from quart import Blueprint, current_app
@@ -71,6 +72,16 @@ async def post_note_held(note: str) -> dict[str, object]:
     reached, release = current_app.config["PROBE_HOLD"]
     reached.set()
     await release.wait()
+    return {"stored": note}
+
+
+@blueprint.post("/notes/<note>/swallowed")
+async def post_note_past_a_swallowed_deadline(note: str) -> dict[str, object]:
+    """Write, then wait past the request's deadline and swallow its cancellation, as a library that
+    loses a cancellation leaves a request: it goes on to its commit with the deadline's scope spent."""
+    await db.session().execute(text("INSERT INTO probe_notes (body) VALUES (:body)"), {"body": note})
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(10 * current_app.extensions["db"].request_timeout)
     return {"stored": note}
 
 
