@@ -206,6 +206,9 @@ class Publisher:
             planned.append((request_id, agent.id))
             beats.append(_beat(url, agent, status, request_id))
         result = await loadgen.open_loop(url, beats, rate=rate, seconds=seconds, connections=64)
+        if set(result.statuses) != {200}:
+            # Beats that failed publish nothing: say how (0: no answer, or the connection failed).
+            print(f"  publisher: answers by status {dict(result.statuses)}", flush=True)
         outcomes = zip(planned, result.outcomes, strict=True)
         return {request_id: agent for (request_id, agent), status in outcomes if status == 200}
 
