@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from quart import Quart, current_app, has_app_context
-from sqlalchemy import CursorResult, Result, event
+from sqlalchemy import CursorResult, Executable, Result, event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from service import db
@@ -132,7 +132,8 @@ def _executed(state: ORMExecuteState) -> Result[Any] | None:
     if named is not None:
         _note(state.session, named)
         return None
-    # Unnamed: the agents it returned (`RETURNING` the rows, as db.conditional_update does), else all.
+    # Unnamed: the agents it returned (`RETURNING` the rows, as a db.ConditionalUpdate does, or only
+    # their ids), else all.
     result = state.invoke_statement()
     if isinstance(result, CursorResult) and not result.returns_rows:
         _note(state.session, (), every_agent=True)
@@ -141,9 +142,16 @@ def _executed(state: ORMExecuteState) -> Result[Any] | None:
     returned = [value for row in frozen() for value in row]
     if all(isinstance(value, Agent) for value in returned):
         _note(state.session, [agent.id for agent in returned])
+    elif _returns_ids(state.statement):
+        _note(state.session, returned)
     else:
         _note(state.session, (), every_agent=True)
     return frozen()
+
+
+def _returns_ids(statement: Executable) -> bool:
+    returning: list[dict[str, Any]] = getattr(statement, "returning_column_descriptions", [])
+    return len(returning) == 1 and returning[0]["expr"] is Agent.id
 
 
 @event.listens_for(Session, "after_rollback")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from quart import Quart, current_app, g, request
 from sqlalchemy import ColumnElement, event, text, update
@@ -238,20 +238,28 @@ AfterCommit = Callable[[], Awaitable[None]]
 M = TypeVar("M")
 
 
-async def conditional_update(
-    session: AsyncSession, model: type[M], *conditions: ColumnElement[bool], **values: Any
-) -> Sequence[M]:
+class ConditionalUpdate(Generic[M]):
     """`UPDATE model SET values WHERE conditions RETURNING` the rows it changed, with the session's copies
     refreshed: the rows a concurrent transaction changed first do not match, so the result says what
-    this transaction won."""
-    result = await session.execute(
-        update(model)
-        .where(*conditions)
-        .values(**values)
-        .returning(model)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    return result.scalars().all()
+    this transaction won.
+
+    Built once, where it is defined (at import), with `bindparam`s for what varies from call to call:
+    SQLAlchemy then neither builds the statement nor computes its cache key per call, which cost as much
+    as the database round trip itself on the write paths (0.3 ms of 0.8 ms, docs/benchmarks.md).
+    """
+
+    def __init__(self, model: type[M], *conditions: ColumnElement[bool], **values: Any) -> None:
+        self.statement = (
+            update(model)
+            .where(*conditions)
+            .values(**values)
+            .returning(model)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+
+    async def __call__(self, session: AsyncSession, **params: Any) -> Sequence[M]:
+        """Run it with the `bindparam` values `params`; the rows it changed."""
+        return (await session.execute(self.statement, params)).scalars().all()
 
 
 def is_postgres(session: AsyncSession) -> bool:

@@ -191,6 +191,27 @@ async def test_a_statement_naming_no_agents_changes_every_version(
     assert all(after[agent_id].version != before[agent_id].version for agent_id in ids)
 
 
+async def test_auto_assignment_changes_the_version_of_the_agent_it_chose_only(
+    client: QuartClient, app: Switchboard
+) -> None:
+    operator = await signed_in(client, "opal", "operator", app)
+    chosen, _ = await online_agent(client, operator, "ada")
+    other, other_token = await online_agent(client, operator, "bea")
+    await beat(client, other, other_token, status="away")  # auto-assignment passes it by
+    ids = [uuid.UUID(chosen), uuid.UUID(other)]
+    assert (await _agent(client, operator, chosen))["open_assignments"] == 0  # now cached
+    store: presence.Presence = app.extensions["presence"]
+    before = await store.look(ids)
+
+    work = await make_work(client, operator)
+
+    assert work["agent_id"] == chosen
+    after = await store.look(ids)
+    assert after[ids[0]].version != before[ids[0]].version
+    assert after[ids[1]].version == before[ids[1]].version
+    assert (await _agent(client, operator, chosen))["open_assignments"] == 1
+
+
 def test_entries_expire_and_the_oldest_go_first() -> None:
     view = AgentOut.model_validate(
         {

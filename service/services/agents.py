@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import agent_cache, errors, identity, pagination, presence, redis_client, tokens
@@ -312,13 +312,16 @@ async def register_with_token(session: AsyncSession, data: AgentRegisterIn) -> t
     return await _new_agent(session, data.name, capabilities, data.max_concurrent, data.metadata, None)
 
 
+# Built once (see db.ConditionalUpdate): most beats of a working agent read it.
+_OPEN_WORK = (
+    select(Assignment)
+    .where(Assignment.agent_id == bindparam("the_agent"), Assignment.status.in_(work_states.HELD))
+    .order_by(Assignment.priority.desc(), Assignment.assigned_at)
+)
+
+
 async def open_work(session: AsyncSession, agent_id: uuid.UUID) -> Sequence[Assignment]:
-    query = (
-        select(Assignment)
-        .where(Assignment.agent_id == agent_id, Assignment.status.in_(work_states.HELD))
-        .order_by(Assignment.priority.desc(), Assignment.assigned_at)
-    )
-    return (await session.execute(query)).scalars().all()
+    return (await session.execute(_OPEN_WORK, {"the_agent": agent_id})).scalars().all()
 
 
 async def record_heartbeat(

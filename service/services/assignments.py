@@ -13,13 +13,29 @@ out by priority, then age, when an agent comes online, frees capacity or is resu
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, cast, exists, func, literal, not_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    Update,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    literal,
+    not_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,10 +47,6 @@ from service.models import assignments as states
 from service.models.agents import Agent
 from service.models.assignments import Assignment
 from service.schemas.assignments import AssignmentIn, AssignmentOut, AssignmentQuery
-
-# How many candidates one auto-assignment tries before leaving the work pending (each try is one
-# conditional UPDATE; losing several races in a row means the fleet is saturated).
-_CANDIDATES = 5
 
 # Work no agent holds: what a reassignment or an ended lease leaves.
 _UNHELD: dict[str, Any] = {
@@ -79,52 +91,96 @@ def event_data(assignment: Assignment) -> dict[str, Any]:
     return {"assignment": AssignmentOut.model_validate(assignment).model_dump(mode="json")}
 
 
-async def _claim_capacity(session: AsyncSession, agent_id: uuid.UUID, *, auto: bool) -> bool:
-    """Take one slot of the agent's capacity if it still has one (and, for auto-assignment, is online)."""
-    statuses = (agent_states.ONLINE,) if auto else (agent_states.ONLINE, agent_states.BUSY, agent_states.AWAY)
-    won = await session.execute(
+def _claim_statement(statuses: tuple[str, ...], agent: ColumnElement[uuid.UUID]) -> Update:
+    """Take one slot of `agent`'s capacity if it has one and is active, in one of `statuses`."""
+    return (
         update(Agent)
         .where(
-            Agent.id == agent_id,
+            Agent.id == agent,
             Agent.deleted_at.is_(None),
             Agent.mode == agent_states.ACTIVE,
             Agent.reported_status.in_(statuses),
             Agent.open_assignments < Agent.max_concurrent,
         )
-        .values(open_assignments=Agent.open_assignments + 1, last_assigned_at=datetime.now(UTC))
-        .execution_options(synchronize_session=False, **agent_cache.touches(agent_id))
+        .values(open_assignments=Agent.open_assignments + 1, last_assigned_at=bindparam("now"))
+        .execution_options(synchronize_session=False)
+    )
+
+
+# Built once (see db.ConditionalUpdate): auto-assignment takes online agents only; a named agent may be
+# busy or away as well.
+_CLAIM = {
+    True: _claim_statement((agent_states.ONLINE,), bindparam("the_agent")),
+    False: _claim_statement(
+        (agent_states.ONLINE, agent_states.BUSY, agent_states.AWAY), bindparam("the_agent")
+    ),
+}
+
+
+async def _claim_capacity(session: AsyncSession, agent_id: uuid.UUID, *, auto: bool) -> bool:
+    """Take one slot of the agent's capacity if it still has one (and, for auto-assignment, is online)."""
+    won = await session.execute(
+        _CLAIM[auto],
+        {"the_agent": agent_id, "now": datetime.now(UTC)},
+        execution_options=agent_cache.touches(agent_id),
     )
     return bool(won.rowcount == 1)  # type: ignore[attr-defined]
+
+
+_RELEASE = db.ConditionalUpdate(
+    Agent,
+    Agent.id == bindparam("the_agent"),
+    Agent.open_assignments > 0,
+    open_assignments=Agent.open_assignments - 1,
+)
 
 
 async def release_capacity(session: AsyncSession, agent_id: uuid.UUID) -> Agent | None:
     """Give back one slot of the agent's capacity; returns its row as it is now (None if it held none),
     so that handing it pending work next needs no read of its own."""
-    released = await db.conditional_update(
-        session,
-        Agent,
-        Agent.id == agent_id,
-        Agent.open_assignments > 0,
-        open_assignments=Agent.open_assignments - 1,
-    )
+    released = await _RELEASE(session, the_agent=agent_id)
     return released[0] if released else None
 
 
-async def _candidates(session: AsyncSession, required: Sequence[str]) -> Sequence[uuid.UUID]:
-    query = (
+def _claim_best_statement(has_all: ColumnElement[bool]) -> Update:
+    # The best free agent, locked as it is chosen; on PostgreSQL a candidate another transaction holds
+    # is passed by, and one that no longer qualifies once locked is dropped for the next (the lock is
+    # taken below the LIMIT), so one statement both chooses and claims.
+    best = (
         select(Agent.id)
         .where(
             Agent.deleted_at.is_(None),
             Agent.mode == agent_states.ACTIVE,
             Agent.reported_status == agent_states.ONLINE,
             Agent.open_assignments < Agent.max_concurrent,
-            agent_has_all(session, required),
+            has_all,
         )
         .order_by(Agent.open_assignments, Agent.last_assigned_at.asc().nulls_first(), Agent.id)
-        .limit(_CANDIDATES)
+        .limit(1)
         .with_for_update(skip_locked=True)
+        .correlate(None)
+        .scalar_subquery()
     )
-    return (await session.execute(query)).scalars().all()
+    # The agent cache notes the agent it returns.
+    return _claim_statement((agent_states.ONLINE,), best).returning(Agent.id)
+
+
+# Built once (see db.ConditionalUpdate), the capabilities a bound JSON array.
+_POSTGRES_CLAIM_BEST = _claim_best_statement(
+    Agent.capabilities.op("@>")(cast(bindparam("required", type_=String), JSONB))
+)
+
+
+async def _claim_best(session: AsyncSession, required: Sequence[str]) -> uuid.UUID | None:
+    """Take a slot of the best free agent that can do the work, in one statement; its id, or None when
+    no agent can take it now."""
+    now = datetime.now(UTC)
+    if db.is_postgres(session):
+        statement = _POSTGRES_CLAIM_BEST
+        params: dict[str, Any] = {"required": json.dumps(list(required)), "now": now}
+    else:  # SQLite tests each capability with an EXISTS of its own: built per call
+        statement, params = _claim_best_statement(agent_has_all(session, required)), {"now": now}
+    return (await session.execute(statement, params)).scalar_one_or_none()
 
 
 async def _explicit_agent(session: AsyncSession, agent_id: uuid.UUID, required: Sequence[str]) -> Agent:
@@ -157,10 +213,7 @@ async def _place(session: AsyncSession, assignment: Assignment, agent_id: uuid.U
     if agent_id is not None:
         chosen = (await _explicit_agent(session, agent_id, assignment.required_capabilities)).id
     else:
-        for candidate in await _candidates(session, assignment.required_capabilities):
-            if await _claim_capacity(session, candidate, auto=True):
-                chosen = candidate
-                break
+        chosen = await _claim_best(session, assignment.required_capabilities)
     if chosen is not None:
         assignment.status = states.ASSIGNED
         assignment.agent_id = chosen
@@ -211,6 +264,41 @@ async def list_assignments(session: AsyncSession, query: AssignmentQuery) -> tup
     return await pagination.fetch_page(session, statement, query.page, query.per_page)
 
 
+@functools.cache
+def _move(action: str, changed: frozenset[str]) -> db.ConditionalUpdate[Assignment]:
+    """The UPDATE of one action with the given columns of `changes` (one statement per such pair)."""
+    sources, target = TRANSITIONS[action]
+    values: dict[str, Any] = {"status": target, "updated_at": bindparam("now")}
+    values.update({name: bindparam(f"new_{name}") for name in changed})
+    if target == states.IN_PROGRESS:
+        values["started_at"] = bindparam("now")
+    if target in states.CLOSED:
+        values["finished_at"] = bindparam("now")
+    return db.ConditionalUpdate(
+        Assignment, Assignment.id == bindparam("the_assignment"), Assignment.status.in_(sources), **values
+    )
+
+
+_UNHOLD = db.ConditionalUpdate(
+    Assignment,
+    Assignment.id == bindparam("the_assignment"),
+    Assignment.status == bindparam("was"),
+    **_UNHELD,
+)
+_GIVE_PENDING = db.ConditionalUpdate(
+    Assignment,
+    Assignment.id == bindparam("the_assignment"),
+    Assignment.status == states.PENDING,
+    status=states.ASSIGNED,
+    agent_id=bindparam("the_agent"),
+    assigned_at=bindparam("now"),
+    attempts=Assignment.attempts + 1,
+)
+_REQUEUE_HELD = db.ConditionalUpdate(
+    Assignment, Assignment.agent_id == bindparam("the_agent"), Assignment.status.in_(states.HELD), **_UNHELD
+)
+
+
 async def transition(
     session: AsyncSession,
     actor: Identity | AgentIdentity,
@@ -234,16 +322,14 @@ async def transition(
         if action == "cancel":
             raise errors.Forbidden("Agents cannot cancel work; fail it instead.")
     sources, target = TRANSITIONS[action]
-    now = datetime.now(UTC)
-    values: dict[str, Any] = {"status": target, "updated_at": now, **(changes or {})}
-    if target == states.IN_PROGRESS:
-        values["started_at"] = now
-    if target in states.CLOSED:
-        values["finished_at"] = now
+    changes = changes or {}
     previous = assignment.status
     held_by = assignment.agent_id if assignment.status in states.HELD else None
-    moved = await db.conditional_update(
-        session, Assignment, Assignment.id == assignment.id, Assignment.status.in_(sources), **values
+    moved = await _move(action, frozenset(changes))(
+        session,
+        the_assignment=assignment.id,
+        now=datetime.now(UTC),
+        **{f"new_{name}": value for name, value in changes.items()},
     )
     if not moved:
         await session.refresh(assignment)
@@ -278,9 +364,7 @@ async def reassign(
         )
     previous_agent = assignment.agent_id if assignment.status in states.HELD else None
     before = assignment.status
-    taken = await db.conditional_update(
-        session, Assignment, Assignment.id == assignment.id, Assignment.status == assignment.status, **_UNHELD
-    )
+    taken = await _UNHOLD(session, the_assignment=assignment.id, was=assignment.status)
     if not taken:
         raise errors.Conflict("The assignment changed meanwhile; try again.")
     released = None if previous_agent is None else await release_capacity(session, previous_agent)
@@ -337,15 +421,8 @@ async def dispatch_to(
     for assignment_id in pending:
         if not await _claim_capacity(session, agent.id, auto=True):
             break
-        won = await db.conditional_update(
-            session,
-            Assignment,
-            Assignment.id == assignment_id,
-            Assignment.status == states.PENDING,
-            status=states.ASSIGNED,
-            agent_id=agent.id,
-            assigned_at=datetime.now(UTC),
-            attempts=Assignment.attempts + 1,
+        won = await _GIVE_PENDING(
+            session, the_assignment=assignment_id, the_agent=agent.id, now=datetime.now(UTC)
         )
         claimed = won[0] if won else None
         if claimed is None:  # another transaction handed it out first: give the slot back
@@ -359,9 +436,7 @@ async def dispatch_to(
 async def requeue_held(session: AsyncSession, agent_id: uuid.UUID) -> list[uuid.UUID]:
     """Put the work an agent holds back to pending (it went offline or was deleted: its lease ended),
     then hand it to other agents. Returns the requeued ids."""
-    held = await db.conditional_update(
-        session, Assignment, Assignment.agent_id == agent_id, Assignment.status.in_(states.HELD), **_UNHELD
-    )
+    held = await _REQUEUE_HELD(session, the_agent=agent_id)
     if not held:
         return []
     await session.execute(

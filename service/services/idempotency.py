@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +18,21 @@ from service import db, errors
 from service.models.assignments import IdempotencyKey
 
 MAX_KEY_LENGTH = 200
+
+# Built once (see db.ConditionalUpdate), on the table (the ORM adds nothing here), for each dialect:
+# both have INSERT ... ON CONFLICT DO NOTHING.
+_KEYS = cast(Table, IdempotencyKey.__table__)
+_CLAIM = {
+    name: insert(_KEYS)
+    .on_conflict_do_nothing(index_elements=[_KEYS.c.user_id, _KEYS.c.key])
+    .returning(_KEYS.c.id)
+    for name, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+_SETTLE = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("claim"))
+    .values(status_code=bindparam("code"), response=bindparam("body"))
+)
 
 
 def fingerprint(body: Any) -> str:
@@ -40,12 +55,9 @@ async def claim(
     """
     if not key or len(key) > MAX_KEY_LENGTH:
         raise errors.MalformedRequest(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters.")
-    insert = postgresql.insert if db.is_postgres(session) else sqlite.insert
     claimed: uuid.UUID | None = await session.scalar(
-        insert(IdempotencyKey)
-        .values(user_id=user_id, key=key, request_hash=request_hash, status_code=0, response={})
-        .on_conflict_do_nothing(index_elements=[IdempotencyKey.user_id, IdempotencyKey.key])
-        .returning(IdempotencyKey.id)
+        _CLAIM["postgresql" if db.is_postgres(session) else "sqlite"],
+        {"user_id": user_id, "key": key, "request_hash": request_hash, "status_code": 0, "response": {}},
     )
     if claimed is not None:
         return claimed
@@ -60,11 +72,7 @@ async def claim(
 
 async def settle(session: AsyncSession, claim: uuid.UUID, status_code: int, body: dict[str, Any]) -> None:
     """Store the answer; it commits with the change it describes."""
-    await session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.id == claim)
-        .values(status_code=status_code, response=body)
-    )
+    await session.execute(_SETTLE, {"claim": claim, "code": status_code, "body": body})
 
 
 async def _find(session: AsyncSession, user_id: uuid.UUID, key: str) -> IdempotencyKey | None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from quart import Quart
-from sqlalchemy import Row, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import background, db, log, presence
@@ -99,20 +99,40 @@ def _silent(
     return silent
 
 
+# Conditional: a beat that changed the status meanwhile wins over the sweeper.
+_MARK_OFFLINE = db.ConditionalUpdate(
+    Agent,
+    Agent.id == bindparam("agent_id"),
+    Agent.reported_status.in_(states.BEATING),
+    reported_status=states.OFFLINE,
+    status_changed_at=bindparam("now"),
+    last_heartbeat_at=bindparam("last_seen"),
+)
+_MARK_STALE = db.ConditionalUpdate(
+    Agent,
+    Agent.reported_status == states.OFFLINE,
+    Agent.status_changed_at < bindparam("deadline"),
+    Agent.deleted_at.is_(None),
+    reported_status=states.STALE,
+    status_changed_at=bindparam("now"),
+)
+_RESUME_PAUSED = db.ConditionalUpdate(
+    Agent,
+    Agent.mode == states.PAUSED,
+    Agent.resume_at <= bindparam("now"),
+    Agent.deleted_at.is_(None),
+    mode=states.ACTIVE,
+    pause_note=None,
+    resume_at=None,
+    updated_at=bindparam("now"),
+)
+
+
 async def _mark_offline(
     session: AsyncSession, agent_id: uuid.UUID, last_seen: datetime | None, was: str, now: datetime
 ) -> bool:
     """Whether the agent was marked offline (not when a beat changed its status meanwhile)."""
-    # Conditional: a beat that changed the status meanwhile wins over the sweeper.
-    won = await db.conditional_update(
-        session,
-        Agent,
-        Agent.id == agent_id,
-        Agent.reported_status.in_(states.BEATING),
-        reported_status=states.OFFLINE,
-        status_changed_at=now,
-        last_heartbeat_at=last_seen,
-    )
+    won = await _MARK_OFFLINE(session, agent_id=agent_id, now=now, last_seen=last_seen)
     if not won:
         return False
     agent = won[0]
@@ -126,15 +146,7 @@ async def _mark_offline(
 
 
 async def _mark_stale(session: AsyncSession, deadline: datetime, now: datetime) -> None:
-    stale = await db.conditional_update(
-        session,
-        Agent,
-        Agent.reported_status == states.OFFLINE,
-        Agent.status_changed_at < deadline,
-        Agent.deleted_at.is_(None),
-        reported_status=states.STALE,
-        status_changed_at=now,
-    )
+    stale = await _MARK_STALE(session, deadline=deadline, now=now)
     for agent in stale:
         agents.record_event(
             session, "agent.status_changed", agent, **{"from": states.OFFLINE, "to": states.STALE}
@@ -142,17 +154,7 @@ async def _mark_stale(session: AsyncSession, deadline: datetime, now: datetime) 
 
 
 async def _resume_paused(session: AsyncSession, now: datetime) -> None:
-    resumed = await db.conditional_update(
-        session,
-        Agent,
-        Agent.mode == states.PAUSED,
-        Agent.resume_at <= now,
-        Agent.deleted_at.is_(None),
-        mode=states.ACTIVE,
-        pause_note=None,
-        resume_at=None,
-        updated_at=now,
-    )
+    resumed = await _RESUME_PAUSED(session, now=now)
     for agent in resumed:
         agents.record_event(
             session, "agent.status_changed", agent, **{"from": states.PAUSED, "to": agent.status}
