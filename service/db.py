@@ -26,9 +26,10 @@ from service.config import Settings
 class Database:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    # Sessions for safe requests (GET, HEAD): each statement commits on its own, so a read costs its
-    # query alone, without the BEGIN and COMMIT round trips around it (same pool, same connections).
-    reader: async_sessionmaker[AsyncSession]
+    # Sessions whose statements each commit on their own, so a statement costs its round trip alone,
+    # without the BEGIN and COMMIT ones around it (same pool, same connections): for safe requests (GET,
+    # HEAD), and for background writes that are one statement (an UPDATE is atomic by itself).
+    autocommit: async_sessionmaker[AsyncSession]
     # The most a request may spend on the database, from the moment it asks for its session
     # (DATABASE_REQUEST_TIMEOUT); None on SQLite, whose requests queue for its one connection.
     request_timeout: float | None = None
@@ -161,7 +162,7 @@ def session() -> AsyncSession:
     current: AsyncSession | None = g.get("db_session")
     if current is None:
         database: Database = current_app.extensions["db"]
-        current = (database.reader if request.method in _SAFE_METHODS else database.sessionmaker)()
+        current = (database.autocommit if request.method in _SAFE_METHODS else database.sessionmaker)()
         g.db_session = current
         _arm_deadline(database)
     return current
@@ -179,7 +180,7 @@ def read_session() -> AsyncSession:
         return session()
     current: AsyncSession | None = g.get("db_reader")
     if current is None:
-        current = database.reader()
+        current = database.autocommit()
         g.db_reader = current
         _arm_deadline(database)
     return current

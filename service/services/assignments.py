@@ -142,24 +142,28 @@ async def release_capacity(session: AsyncSession, agent_id: uuid.UUID) -> Agent 
     return released[0] if released else None
 
 
+# Online, active agents with room, best first (auto-assignment's policy).
+_WITH_ROOM = (
+    select(Agent.id)
+    .where(
+        Agent.deleted_at.is_(None),
+        Agent.mode == agent_states.ACTIVE,
+        Agent.reported_status == agent_states.ONLINE,
+        Agent.open_assignments < Agent.max_concurrent,
+    )
+    .order_by(Agent.open_assignments, Agent.last_assigned_at.asc().nulls_first(), Agent.id)
+)
+
+
 def _claim_best_statement(has_all: ColumnElement[bool]) -> Update:
     # The best free agent, locked as it is chosen; on PostgreSQL a candidate another transaction holds
     # is passed by, and one that no longer qualifies once locked is dropped for the next (the lock is
-    # taken below the LIMIT), so one statement both chooses and claims.
+    # taken below the LIMIT), so one statement both chooses and claims. Passed by rather than waited
+    # for: a transaction may hold other agents' rows already (a completion, a requeue), and waiting
+    # creators deadlocked with each other (each can lock rows that then fail the recheck). Work left
+    # pending so is handed out by the sweeper's next round (hand_out_pending).
     best = (
-        select(Agent.id)
-        .where(
-            Agent.deleted_at.is_(None),
-            Agent.mode == agent_states.ACTIVE,
-            Agent.reported_status == agent_states.ONLINE,
-            Agent.open_assignments < Agent.max_concurrent,
-            has_all,
-        )
-        .order_by(Agent.open_assignments, Agent.last_assigned_at.asc().nulls_first(), Agent.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .correlate(None)
-        .scalar_subquery()
+        _WITH_ROOM.where(has_all).limit(1).with_for_update(skip_locked=True).correlate(None).scalar_subquery()
     )
     # The agent cache notes the agent it returns.
     return _claim_statement((agent_states.ONLINE,), best).returning(Agent.id)
@@ -241,9 +245,10 @@ async def create_assignment(session: AsyncSession, caller: Identity, data: Assig
     with session.no_autoflush:
         await _place(session, assignment, data.agent_id)
     await session.flush()
-    outbox.record(session, "assignment.created", event_data(assignment), assignment.agent_id)
+    view = event_data(assignment)
+    outbox.record(session, "assignment.created", view, assignment.agent_id)
     if assignment.agent_id is not None:
-        outbox.record(session, "assignment.assigned", event_data(assignment), assignment.agent_id)
+        outbox.record(session, "assignment.assigned", view, assignment.agent_id)
     return assignment
 
 
@@ -430,6 +435,28 @@ async def dispatch_to(
             continue
         outbox.record(session, "assignment.assigned", event_data(claimed), agent.id)
         given.append(claimed)
+    return given
+
+
+# Agents a round of hand_out_pending gives work to at most (each row stays locked until it commits).
+HAND_OUT_BATCH = 20
+_ANY_PENDING = select(Assignment.id).where(
+    Assignment.status == states.PENDING, Assignment.deleted_at.is_(None)
+)
+
+
+async def hand_out_pending(session: AsyncSession) -> int:
+    """Give pending work to online agents with room; how many assignments it gave.
+
+    Work is handed out when an agent comes online, frees capacity or is resumed; this catches work that
+    was left pending although some agent had room (every such agent was locked by another transaction
+    at that moment: _claim_best_statement passes locked agents by), so it waits one sweep at most.
+    """
+    if await session.scalar(_ANY_PENDING.limit(1)) is None:
+        return 0
+    given = 0
+    for agent_id in (await session.execute(_WITH_ROOM.limit(HAND_OUT_BATCH))).scalars().all():
+        given += len(await dispatch_to(session, agent_id))
     return given
 
 

@@ -150,7 +150,9 @@ async def _claim(database: db.Database, channels: list[str], limit: int) -> list
         )
         .execution_options(synchronize_session=False)
     )
-    async with database.sessionmaker() as session, session.begin():
+    # Each of the loop's writes is one statement, atomic by itself: run in autocommit, it costs one round
+    # trip rather than three (BEGIN, the statement, COMMIT), per delivery round and per failure.
+    async with database.autocommit() as session:
         rows = (await session.execute(claim)).all()
     return [
         _Claim(notifiers.Delivery(row.id, row.kind, row.payload, row.created_at), row.channel, row.attempts)
@@ -191,7 +193,7 @@ async def _record_delivered(database: db.Database, delivered: Sequence[_Claim]) 
         .values(status=DELIVERED, delivered_at=now, last_error=None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    async with database.sessionmaker() as session, session.begin():
+    async with database.autocommit() as session:
         await session.execute(record)
 
 
@@ -218,7 +220,7 @@ async def _record_failure(
         .values(**values, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    async with database.sessionmaker() as session, session.begin():
+    async with database.autocommit() as session:
         await session.execute(record)
 
 

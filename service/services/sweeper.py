@@ -1,5 +1,6 @@
 """The heartbeat sweeper: silent agents go offline (their held work back to pending), long-offline ones
-go stale, paused ones resume when their time comes. One sweeper at a time across every instance.
+go stale, paused ones resume when their time comes, pending work goes to agents with room (what a
+create could not place then). One sweeper at a time across every instance.
 
 Policy (the lease): work an agent holds (assigned, accepted or in progress) is leased to it for as long as
 it beats. When the sweeper marks it offline the lease ends: the work returns to `pending` and is handed
@@ -48,10 +49,10 @@ async def sweep(
     """
     now = now or datetime.now(UTC)
     deadline = now - timedelta(seconds=settings.agent_heartbeat_timeout)
-    async with database.reader() as reader:
+    async with database.autocommit() as reader:
         watched = (await reader.execute(_WATCHED)).all()
     silent = _silent(watched, await presence_store.last(row.id for row in watched), deadline)
-    offline, leading = 0, True
+    offline, handed_out, leading = 0, 0, True
     for start in range(0, len(silent), OFFLINE_BATCH):
         chunk = silent[start : start + OFFLINE_BATCH]
         # Beats that came while the earlier batches were marked spare their agents.
@@ -73,9 +74,12 @@ async def sweep(
             if await db.lead(session, SWEEP_LOCK):
                 await _mark_stale(session, now - timedelta(seconds=settings.agent_stale_after), now)
                 await _resume_paused(session, now)
+                handed_out = await assignments.hand_out_pending(session)
             await db.commit(session)
     if offline:
         logger.info("agents_offline", count=offline)
+    if handed_out:
+        logger.info("pending_work_handed_out", count=handed_out)
     return False
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvloop
 
-from . import assign, heartbeats, login, read, servers, sse
+from . import assign, costs, heartbeats, login, read, servers, sse
 from .plan import Plan
 from .report import Report
 
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, Callable[[Plan], Awaitable[Report]]] = {
     "assign": assign.run,
     "sse": sse.run,
     "login": login.run,
+    "costs": costs.run,
 }
 
 
