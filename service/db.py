@@ -267,6 +267,9 @@ def is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+
+
 async def lead(session: AsyncSession, key: int) -> bool:
     """Whether this transaction may act as the one leader for `key` across every process and instance.
 
@@ -275,7 +278,7 @@ async def lead(session: AsyncSession, key: int) -> bool:
     """
     if not is_postgres(session):
         return True
-    return bool(await session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}))
+    return bool(await session.scalar(_TRY_LOCK, {"key": key}))
 
 
 def after_commit(session: AsyncSession | Session, action: AfterCommit) -> None:

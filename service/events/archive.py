@@ -8,7 +8,7 @@ order gives the same events, so a subscriber resuming across such a loss still g
 
 from __future__ import annotations
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,17 +34,23 @@ def as_event(row: OutboxEvent) -> Event:
     return make_event(row.event_id, row.type, row.topic, data_json)
 
 
+def _end_key_query(newest: bool) -> Select[int | None, int | None]:
+    order = (OutboxEvent.event_ms, OutboxEvent.event_seq)
+    return (
+        select(*order)
+        .where(OutboxEvent.event_ms.is_not(None))
+        .order_by(*(column.desc() if newest else column for column in order))
+        .limit(1)
+    )
+
+
+# Built once (see db.ConditionalUpdate): the relay reads the newest every round.
+_END_KEYS = {newest: _end_key_query(newest) for newest in (False, True)}
+
+
 async def end_key(session: AsyncSession, *, newest: bool) -> tuple[int, int] | None:
     """The id of the oldest (or newest) event the archive holds; None when it holds none."""
-    order = (OutboxEvent.event_ms, OutboxEvent.event_seq)
-    found = (
-        await session.execute(
-            select(*order)
-            .where(OutboxEvent.event_ms.is_not(None))
-            .order_by(*(column.desc() if newest else column for column in order))
-            .limit(1)
-        )
-    ).first()
+    found = (await session.execute(_END_KEYS[newest])).first()
     if found is None or found[0] is None or found[1] is None:
         return None
     return found[0], found[1]

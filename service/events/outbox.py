@@ -13,7 +13,7 @@ from typing import Any
 
 from quart import Quart, current_app, has_app_context
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import background, config, db, log, metrics, request_ids
@@ -75,19 +75,17 @@ async def relay(database: db.Database, broker: Broker, batch: int = 500) -> bool
     return True
 
 
+# Built once (see db.ConditionalUpdate): the relay runs after every commit that records an event.
+_UNPUBLISHED = (
+    select(OutboxEvent)
+    .where(OutboxEvent.published_at.is_(None))
+    .order_by(OutboxEvent.id)
+    .limit(bindparam("batch"))
+)
+
+
 async def _relay_batch(session: AsyncSession, broker: Broker, batch: int) -> bool:
-    rows = (
-        (
-            await session.execute(
-                select(OutboxEvent)
-                .where(OutboxEvent.published_at.is_(None))
-                .order_by(OutboxEvent.id)
-                .limit(batch)
-            )
-        )
-        .scalars()
-        .all()
-    )
+    rows = (await session.execute(_UNPUBLISHED, {"batch": batch})).scalars().all()
     if not rows:
         return False
     envelopes = [Envelope(row.id, row.type, row.data, row.topic) for row in rows]

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 from quart import Quart
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import background, db, errors, log, notifiers, pagination
@@ -116,44 +116,52 @@ async def deliver_due(
     return len(claims) == limit
 
 
+# Built once (see db.ConditionalUpdate): the loop runs after every commit that queues a notification.
+_DUE = (
+    select(Notification.id)
+    .where(
+        Notification.status == QUEUED,
+        Notification.next_attempt_at <= bindparam("now"),
+        Notification.channel.in_(bindparam("channels", expanding=True)),
+        Notification.deleted_at.is_(None),
+    )
+    .order_by(Notification.next_attempt_at)
+    .limit(bindparam("limit"))
+    # PostgreSQL: rows another claimer holds are skipped, not waited for. SQLite has no row locks
+    # and needs none: an UPDATE takes the database's one write lock before it reads.
+    .with_for_update(skip_locked=True)
+    # A CTE runs once; a subquery under IN could be re-run by the planner and lock other rows.
+    .cte("due")
+)
+_CLAIM = (
+    update(Notification)
+    .where(Notification.id.in_(select(_DUE.c.id)))
+    .values(
+        attempts=Notification.attempts + 1,
+        next_attempt_at=bindparam("lease_end"),
+        updated_at=bindparam("now"),
+    )
+    .returning(
+        Notification.id,
+        Notification.channel,
+        Notification.kind,
+        Notification.payload,
+        Notification.created_at,
+        Notification.attempts,
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
 async def _claim(database: db.Database, channels: list[str], limit: int) -> list[_Claim]:
     if not channels:
         return []
     now = datetime.now(UTC)
-    due = (
-        select(Notification.id)
-        .where(
-            Notification.status == QUEUED,
-            Notification.next_attempt_at <= now,
-            Notification.channel.in_(channels),
-            Notification.deleted_at.is_(None),
-        )
-        .order_by(Notification.next_attempt_at)
-        .limit(limit)
-        # PostgreSQL: rows another claimer holds are skipped, not waited for. SQLite has no row locks
-        # and needs none: an UPDATE takes the database's one write lock before it reads.
-        .with_for_update(skip_locked=True)
-        # A CTE runs once; a subquery under IN could be re-run by the planner and lock other rows.
-        .cte("due")
-    )
-    claim = (
-        update(Notification)
-        .where(Notification.id.in_(select(due.c.id)))
-        .values(attempts=Notification.attempts + 1, next_attempt_at=now + LEASE, updated_at=now)
-        .returning(
-            Notification.id,
-            Notification.channel,
-            Notification.kind,
-            Notification.payload,
-            Notification.created_at,
-            Notification.attempts,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    params = {"now": now, "lease_end": now + LEASE, "channels": channels, "limit": limit}
     # Each of the loop's writes is one statement, atomic by itself: run in autocommit, it costs one round
     # trip rather than three (BEGIN, the statement, COMMIT), per delivery round and per failure.
     async with database.autocommit() as session:
-        rows = (await session.execute(claim)).all()
+        rows = (await session.execute(_CLAIM, params)).all()
     return [
         _Claim(notifiers.Delivery(row.id, row.kind, row.payload, row.created_at), row.channel, row.attempts)
         for row in rows
@@ -176,25 +184,25 @@ async def _send(notifier: notifiers.Notifier, claim: _Claim) -> notifiers.Delive
     return None
 
 
+# Guarded by the attempt count: if a send outlived its lease and another process claimed the row again,
+# that process's outcome is the one kept.
+_DELIVERED = (
+    update(Notification)
+    .where(
+        tuple_(Notification.id, Notification.attempts).in_(bindparam("claims", expanding=True)),
+        Notification.status == QUEUED,
+    )
+    .values(status=DELIVERED, delivered_at=bindparam("now"), last_error=None, updated_at=bindparam("now"))
+    .execution_options(synchronize_session=False)
+)
+
+
 async def _record_delivered(database: db.Database, delivered: Sequence[_Claim]) -> None:
     if not delivered:
         return
-    now = datetime.now(UTC)
-    # Guarded by the attempt count: if a send outlived its lease and another process claimed the row
-    # again, that process's outcome is the one kept.
-    record = (
-        update(Notification)
-        .where(
-            tuple_(Notification.id, Notification.attempts).in_(
-                [(claim.delivery.id, claim.attempts) for claim in delivered]
-            ),
-            Notification.status == QUEUED,
-        )
-        .values(status=DELIVERED, delivered_at=now, last_error=None, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    claims = [(claim.delivery.id, claim.attempts) for claim in delivered]
     async with database.autocommit() as session:
-        await session.execute(record)
+        await session.execute(_DELIVERED, {"claims": claims, "now": datetime.now(UTC)})
 
 
 async def _record_failure(
