@@ -64,6 +64,7 @@ async def _main(arguments: argparse.Namespace) -> int:
     # This checkout's migrations: a compared checkout must not need newer ones.
     servers.migrate(servers.service(), plan.backends)
     servers.ensure_admin(plan.backends)
+    await servers.vacuum(plan.backends)
     for name in arguments.benchmarks or list(BENCHMARKS):
         started = time.monotonic()
         print(f"== {name}", flush=True)

@@ -33,9 +33,10 @@ HAVING count(s.id) > a.max_concurrent OR count(s.id) <> a.open_assignments
 
 
 async def _reset(backends: Backends) -> None:
-    """Free the capacity fleet's slots before a round: cancel the open work earlier rounds left on it.
+    """Free the capacity fleet's slots before a round: cancel the open work earlier rounds left.
 
-    Straight SQL on the benchmark's own database, keeping the counters equal to the work held.
+    Straight SQL on the benchmark's own database, keeping the counters equal to the work held: every
+    open assignment of the database is cancelled (other benchmarks' too), so every counter goes to 0.
     """
     connection = await asyncpg.connect(backends.asyncpg_dsn)
     try:
@@ -45,9 +46,7 @@ async def _reset(backends: Backends) -> None:
                 f"WHERE status IN {_OPEN} OR (status = 'pending' AND required_capabilities::jsonb ? $1)",
                 fleet.CAPACITY_CAPABILITY,
             )
-            await connection.execute(
-                "UPDATE agents SET open_assignments = 0 WHERE name LIKE $1", fleet.CAPACITY_FLEET + "%"
-            )
+            await connection.execute("UPDATE agents SET open_assignments = 0 WHERE open_assignments <> 0")
     finally:
         await connection.close()
 
