@@ -26,9 +26,9 @@ from service.config import Settings
 class Database:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    # Sessions whose statements each commit on their own, so a statement costs its round trip alone,
-    # without the BEGIN and COMMIT ones around it (same pool, same connections): for safe requests (GET,
-    # HEAD), and for background writes that are one statement (an UPDATE is atomic by itself).
+    # Sessions whose statements each commit on their own, so a read costs its query alone, without the
+    # BEGIN and COMMIT round trips around it (same pool, same connections): for safe requests (GET,
+    # HEAD) and the sweeper's reads.
     autocommit: async_sessionmaker[AsyncSession]
     # The most a request may spend on the database, from the moment it asks for its session
     # (DATABASE_REQUEST_TIMEOUT); None on SQLite, whose requests queue for its one connection.
