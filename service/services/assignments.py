@@ -66,12 +66,17 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+def _postgres_has_all(required: ColumnElement[str]) -> ColumnElement[bool]:
+    """SQL (PostgreSQL): the agent's capabilities contain the JSON array `required`."""
+    return Agent.capabilities.op("@>")(cast(required, JSONB))
+
+
 def agent_has_all(session: AsyncSession, required: Sequence[str]) -> ColumnElement[bool]:
     """SQL: the agent's capabilities include every one of `required`."""
     if not required:
         return true()
     if db.is_postgres(session):
-        return Agent.capabilities.op("@>")(cast(literal(json.dumps(list(required))), JSONB))
+        return _postgres_has_all(literal(json.dumps(list(required))))
     checks = []
     for capability in required:
         each = func.json_each(Agent.capabilities).table_valued("value").alias()
@@ -170,9 +175,7 @@ def _claim_best_statement(has_all: ColumnElement[bool]) -> Update:
 
 
 # Built once (see db.ConditionalUpdate), the capabilities a bound JSON array.
-_POSTGRES_CLAIM_BEST = _claim_best_statement(
-    Agent.capabilities.op("@>")(cast(bindparam("required", type_=String), JSONB))
-)
+_POSTGRES_CLAIM_BEST = _claim_best_statement(_postgres_has_all(bindparam("required", type_=String)))
 
 
 async def _claim_best(session: AsyncSession, required: Sequence[str]) -> uuid.UUID | None:
@@ -440,9 +443,10 @@ async def dispatch_to(
 
 # Agents a round of hand_out_pending gives work to at most (each row stays locked until it commits).
 HAND_OUT_BATCH = 20
-_ANY_PENDING = select(Assignment.id).where(
-    Assignment.status == states.PENDING, Assignment.deleted_at.is_(None)
+_ANY_PENDING = (
+    select(Assignment.id).where(Assignment.status == states.PENDING, Assignment.deleted_at.is_(None)).limit(1)
 )
+_HAND_OUT_TO = _WITH_ROOM.limit(HAND_OUT_BATCH)
 
 
 async def hand_out_pending(session: AsyncSession) -> int:
@@ -452,10 +456,10 @@ async def hand_out_pending(session: AsyncSession) -> int:
     was left pending although some agent had room (every such agent was locked by another transaction
     at that moment: _claim_best_statement passes locked agents by), so it waits one sweep at most.
     """
-    if await session.scalar(_ANY_PENDING.limit(1)) is None:
+    if await session.scalar(_ANY_PENDING) is None:
         return 0
     given = 0
-    for agent_id in (await session.execute(_WITH_ROOM.limit(HAND_OUT_BATCH))).scalars().all():
+    for agent_id in (await session.execute(_HAND_OUT_TO)).scalars().all():
         given += len(await dispatch_to(session, agent_id))
     return given
 

@@ -93,7 +93,7 @@ async def create_database(backends: Backends) -> None:
 async def vacuum(backends: Backends) -> None:
     """VACUUM ANALYZE the benchmark's database. This machine's PostgreSQL runs with autovacuum off: the
     rows every run updates and deletes (hundreds of thousands a day) stay behind as dead tuples, and
-    slowed each later run (assign: 140 a second, then 75 after a day of runs, 0 dead rows 145)."""
+    slowed each later run (assign: 72-81 a second after a day of runs, 140-196 again after one VACUUM)."""
     connection = await asyncpg.connect(backends.asyncpg_dsn)
     try:
         await connection.execute("VACUUM ANALYZE")
