@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,7 +22,7 @@ from prometheus_client import (
     multiprocess,
 )
 from sqlalchemy import event
-from sqlalchemy.pool import Pool
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 # Requests that matched no route share one label, so unknown paths cannot grow the series count.
 UNMATCHED = "<unmatched>"
@@ -62,11 +63,31 @@ def watch_pool(pool: Pool) -> None:
     size = getattr(pool, "size", None)
     if callable(size):
         db_pool_size.inc(size())
-    event.listen(pool, "checkout", lambda *_: db_pool_checked_out.inc())
-    event.listen(pool, "checkin", lambda *_: db_pool_checked_out.dec())
+    event.listen(pool, "checkout", _checked_out)
+    event.listen(pool, "checkin", _checked_in)
     event.listen(pool, "connect", lambda *_: db_pool_open.inc())
     event.listen(pool, "close", lambda *_: db_pool_open.dec())
     event.listen(pool, "close_detached", lambda *_: db_pool_open.dec())
+
+
+# Whether a pool entry's connection is counted as checked out. SQLAlchemy sends "checkin" also for a
+# checkout that failed part-way (a request's deadline cancelling an idle connection's ping raised past
+# the checkout listeners), so a bare inc/dec pair drifted below zero under load. record_info, unlike
+# info, survives the entry's connection being invalidated while it is out.
+_COUNTED = "metrics_checked_out"
+
+
+def _checked_out(_: Any, record: ConnectionPoolEntry, __: Any) -> None:
+    counted = record.record_info
+    if counted is not None and not counted.get(_COUNTED):
+        counted[_COUNTED] = True
+        db_pool_checked_out.inc()
+
+
+def _checked_in(_: Any, record: ConnectionPoolEntry) -> None:
+    counted = record.record_info
+    if counted is not None and counted.pop(_COUNTED, False):
+        db_pool_checked_out.dec()
 
 
 def unwatch_pool(pool: Pool) -> None:

@@ -13,13 +13,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from quart.testing import QuartClient
 from sqlalchemy import String, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
-from service import create_app
+from service import create_app, metrics
 from service.application import Switchboard
 from service.config import Settings
 from service.db import engine_options, make_engine, ping_idle_connections
@@ -376,3 +377,41 @@ def test_ids_are_time_ordered_uuid7() -> None:
     assert len(set(ids)) == 50
     stamps = [value.int >> 80 for value in ids]
     assert stamps == sorted(stamps)
+
+
+async def test_a_checkout_cancelled_during_its_ping_leaves_the_pool_gauge_alone(settings: Settings) -> None:
+    """A request's deadline can cancel an idle connection's ping inside the checkout: SQLAlchemy then
+    checks the connection back in without having announced its checkout, which drove
+    db_pool_checked_out below zero under load (-5 on a benchmark server)."""
+    engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+    ping_idle_connections(engine, idle_seconds=0)
+    metrics.watch_pool(engine.sync_engine.pool)
+
+    def checked_out() -> float:
+        value = REGISTRY.get_sample_value("db_pool_checked_out")
+        assert value is not None
+        return value
+
+    def cancelled(_: Any) -> None:
+        raise asyncio.CancelledError
+
+    try:
+        before = checked_out()
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+            assert checked_out() == before + 1
+        assert checked_out() == before
+        pinged = engine.dialect.do_ping
+        engine.dialect.do_ping = cancelled  # type: ignore[method-assign]
+        with pytest.raises(asyncio.CancelledError):
+            async with engine.connect():
+                pass
+        assert checked_out() == before
+        engine.dialect.do_ping = pinged  # type: ignore[method-assign]
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+            assert checked_out() == before + 1
+        assert checked_out() == before
+    finally:
+        metrics.unwatch_pool(engine.sync_engine.pool)
+        await engine.dispose()

@@ -254,7 +254,18 @@ def running(
         yield server
     finally:
         _stop(process)
+        _keep_log(app, log)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _keep_log(app: App, log: Path) -> None:
+    """With BENCH_LOGS=dir, the server's log is copied there before its workdir goes: what a server said
+    during a round that went wrong is otherwise lost with it."""
+    kept = os.environ.get("BENCH_LOGS")
+    if not kept:
+        return
+    Path(kept).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(log, Path(kept) / f"{time.strftime('%H%M%S')}-{app.label}.log")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
