@@ -37,8 +37,17 @@ def sort_order(columns: Mapping[str, ColumnElement[Any]], sort: str) -> ColumnEl
 async def fetch_page(
     session: AsyncSession, query: Select[T], page: int, per_page: int
 ) -> tuple[Sequence[T], int]:
-    """The rows of `page` (1-based) and the number of rows the whole query matches."""
+    """The rows of `page` (1-based) and the number of rows the whole query matches.
+
+    One statement: the total rides along each row as an uncorrelated scalar subquery, which the database
+    computes once (a statement costs the worker as much CPU as serving a small request). Not a window
+    count (`count(*) OVER ()`), which would make the database sort every matching row instead of the
+    top of them. A page past the end has no row to carry the total, and only then is it counted apart.
+    """
     counted = select(func.count()).select_from(query.order_by(None).subquery())
-    total = (await session.execute(counted)).scalar_one()
-    rows = (await session.execute(query.offset((page - 1) * per_page).limit(per_page))).scalars().all()
-    return rows, int(total)
+    paged = query.add_columns(counted.scalar_subquery().label("total"))
+    found = (await session.execute(paged.offset((page - 1) * per_page).limit(per_page))).all()
+    if found:
+        return [row[0] for row in found], int(found[0][1])
+    total = 0 if page == 1 else (await session.execute(counted)).scalar_one()
+    return [], int(total)

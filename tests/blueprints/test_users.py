@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quart.testing import QuartClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from service import db
 from service.application import Switchboard
@@ -55,6 +55,27 @@ async def test_admin_lists_pages_filters_and_sorts(client: QuartClient, app: Swi
     assert [u["username"] for u in admins["data"]] == ["root"]
     inactive = await (await client.get(f"{USERS}?is_active=false", headers=admin)).get_json()
     assert inactive["data"] == []
+
+
+async def test_a_page_and_its_total_come_in_one_statement(client: QuartClient, app: Switchboard) -> None:
+    admin = await admin_headers(app, client)
+    for name in ("carol", "bob"):
+        await register(client, name)
+    statements: list[str] = []
+
+    def executed(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement.lower())
+
+    engine = app.extensions["db"].engine.sync_engine
+    event.listen(engine, "before_cursor_execute", executed)
+    try:
+        page = await (await client.get(f"{USERS}?per_page=2&sort=username", headers=admin)).get_json()
+    finally:
+        event.remove(engine, "before_cursor_execute", executed)
+    assert page["pagination"]["total_items"] == 3
+    counts = [s for s in statements if "count(*)" in s]
+    assert len(counts) == 1
+    assert "limit" in counts[0]
 
 
 async def test_list_query_is_bounded_and_checked(client: QuartClient, app: Switchboard) -> None:
