@@ -14,7 +14,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import agent_cache, errors, identity, pagination, presence, redis_client, tokens
@@ -373,18 +385,30 @@ def _changes_nothing(record: AgentOut, beat: HeartbeatIn) -> bool:
     return record.reported_status == beat.status and same_metadata
 
 
-async def summary(session: AsyncSession) -> dict[str, Any]:
-    status = effective_status().label("status")
-    by_status = await session.execute(
-        select(status, func.count()).where(Agent.deleted_at.is_(None)).group_by(status)
+def _summary_statement() -> CompoundSelect[str, str, int]:
+    status = effective_status()
+    by_status = (
+        select(literal("agents").label("part"), status.label("status"), func.count().label("count"))
+        .where(Agent.deleted_at.is_(None))
+        .group_by(status)
     )
-    agents = {name: count for name, count in by_status.all()}
-    by_work = await session.execute(
-        select(Assignment.status, func.count())
+    by_work = (
+        select(literal("assignments"), Assignment.status, func.count())
         .where(Assignment.deleted_at.is_(None), Assignment.status.in_(work_states.OPEN))
         .group_by(Assignment.status)
     )
-    work = {name: count for name, count in by_work.all()}
+    return union_all(by_status, by_work)
+
+
+# Both counts in one statement, built once: dashboards poll it.
+_SUMMARY = _summary_statement()
+
+
+async def summary(session: AsyncSession) -> dict[str, Any]:
+    counts: dict[str, dict[str, int]] = {"agents": {}, "assignments": {}}
+    for part, status, count in (await session.execute(_SUMMARY)).all():
+        counts[part][status] = count
+    agents, work = counts["agents"], counts["assignments"]
     return {
         "agents": agents,
         "total_agents": sum(agents.values()),
