@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from pydantic_core import from_json
 from quart import Quart, current_app, g, request
 from sqlalchemy import ColumnElement, event, text, update
 from sqlalchemy.engine import make_url
@@ -86,7 +87,9 @@ def make_engine(database_url: str, **options: Any) -> AsyncEngine:
     sqlite = url.get_backend_name() == "sqlite"
     if sqlite and url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, **options)
+    # JSON columns read through pydantic's parser (Rust): the same values as json.loads, several times
+    # faster, on every agent and assignment row a list returns.
+    engine = create_async_engine(url, json_deserializer=from_json, **options)
     if sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     else:
