@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from quart.testing import QuartClient
-from sqlalchemy import event, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import agent_cache, background, db, presence, redis_client
@@ -28,23 +26,9 @@ from service.services import sweeper
 from .accounts import signed_in
 from .conftest import AppMaker
 from .fleet import beat, make_work, online_agent
+from .statements import statements
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL") or None
-
-
-@contextmanager
-def statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The SQL the engine runs meanwhile."""
-    seen: list[str] = []
-
-    def note(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", note)
 
 
 def _engine(app: Switchboard) -> AsyncEngine:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from quart.testing import QuartClient
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from service import db
 from service.application import Switchboard
 from service.models.users import User
 
 from ..accounts import PASSWORD, admin_headers, bearer, login, register, signed_in
+from ..statements import statements
 
 USERS = "/api/v1/users"
 
@@ -61,19 +62,10 @@ async def test_a_page_and_its_total_come_in_one_statement(client: QuartClient, a
     admin = await admin_headers(app, client)
     for name in ("carol", "bob"):
         await register(client, name)
-    statements: list[str] = []
-
-    def executed(_connection: object, _cursor: object, statement: str, *_: object) -> None:
-        statements.append(statement.lower())
-
-    engine = app.extensions["db"].engine.sync_engine
-    event.listen(engine, "before_cursor_execute", executed)
-    try:
+    with statements(app.extensions["db"].engine) as seen:
         page = await (await client.get(f"{USERS}?per_page=2&sort=username", headers=admin)).get_json()
-    finally:
-        event.remove(engine, "before_cursor_execute", executed)
     assert page["pagination"]["total_items"] == 3
-    counts = [s for s in statements if "count(*)" in s]
+    counts = [s.lower() for s in seen if "count(*)" in s.lower()]
     assert len(counts) == 1
     assert "limit" in counts[0]
 
