@@ -71,6 +71,19 @@ def hypercorn_shutdown_event() -> Any | None:
     return event if callable(getattr(event, "is_set", None)) else None
 
 
+def read_without_lock(event: Any) -> None:
+    """Make this process read the master's shutdown event without taking the event's lock.
+
+    `multiprocessing.Event.is_set` takes a lock shared by every process (a POSIX semaphore). A worker
+    SIGKILLed while holding it (hypercorn polls the event 10 times a second, the drain watcher 5) never
+    releases it: the master's `set()` and the surviving workers' polls then block forever, so the
+    instance hangs with its requests instead of exiting to be restarted (seen once in CI). Reading the
+    flag's count needs no lock, and the master alone ever sets or clears it, so a worker reads it thus.
+    """
+    flag = event._flag  # the event's flag: a semaphore at 1 while set, 0 while clear
+    event.is_set = lambda: flag.get_value() > 0
+
+
 def current(app: Quart) -> Drain:
     drain: Drain = app.extensions["drain"]
     return drain
@@ -84,6 +97,7 @@ def init_app(app: Quart) -> Drain:
         shutdown = hypercorn_shutdown_event()
         watcher: asyncio.Task[None] | None = None
         if shutdown is not None:
+            read_without_lock(shutdown)  # before hypercorn's own poll starts (after the lifespan's start)
             watcher = asyncio.create_task(_watch_master(drain, shutdown), name="drain-watch")
             _take_sigterm(drain, shutdown)
         yield
