@@ -38,6 +38,9 @@ class Loop:
     # Housekeeping waits one interval before its first round: nothing is urgent at start, and instances
     # started together do not all do it at once.
     wait_first: bool = False
+    # After a wake, how long to let more work arrive before the round: for loops whose every round costs
+    # a fixed few statements whatever it carries, and whose work is not in a hurry (notifications).
+    gather: float = 0.0
 
     async def run(self) -> None:
         failures = 0
@@ -66,14 +69,16 @@ class Loop:
             delay = (
                 min(self.max_backoff, self.interval * 2 ** min(failures, 5)) if failures else self.interval
             )
-            await self._rest(delay)
+            if await self._rest(delay) and self.gather:
+                await asyncio.sleep(self.gather)
 
-    async def _rest(self, seconds: float) -> None:
-        """Wait `seconds` or until woken. asyncio.timeout rather than wait_for, which in Python 3.11 can
-        swallow a cancellation that comes as the wake does."""
+    async def _rest(self, seconds: float) -> bool:
+        """Wait `seconds` or until woken; whether woken. asyncio.timeout rather than wait_for, which in
+        Python 3.11 can swallow a cancellation that comes as the wake does."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self.wake.wait()
+        return self.wake.is_set()
 
 
 class Loops:
@@ -90,8 +95,9 @@ class Loops:
         max_backoff: float = 30.0,
         *,
         wait_first: bool = False,
+        gather: float = 0.0,
     ) -> None:
-        self._loops[name] = Loop(name, round_, interval, max_backoff, wait_first=wait_first)
+        self._loops[name] = Loop(name, round_, interval, max_backoff, wait_first=wait_first, gather=gather)
 
     def wake(self, name: str) -> None:
         loop = self._loops.get(name)

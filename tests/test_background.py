@@ -1,5 +1,6 @@
-"""Background loops and the relay's round: a wake is never lost, and a relay that finds another process
-relaying tries again soon rather than a whole interval later."""
+"""Background loops and the relay's round: a wake is never lost, a gathering loop takes a burst of wakes in
+one round, and a relay that finds another process relaying tries again soon rather than a whole interval
+later."""
 
 from __future__ import annotations
 
@@ -39,6 +40,33 @@ async def test_a_wake_during_a_round_runs_the_next_round_at_once() -> None:
     finally:
         await loops.stop()
     assert rounds == 2
+
+
+async def test_a_gathering_loop_takes_the_wakes_of_its_window_in_one_round() -> None:
+    loops = background.Loops()
+    rounds: list[float] = []
+
+    async def round_() -> bool:
+        rounds.append(asyncio.get_running_loop().time())
+        return False
+
+    loops.add("notify", round_, interval=3600, gather=0.3)
+    loops.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert len(rounds) == 1  # the first round runs at start, gathering nothing
+        woken = asyncio.get_running_loop().time()
+        for _ in range(5):  # five commits within the window, each waking the loop
+            loops.wake("notify")
+            await asyncio.sleep(0.02)
+        async with asyncio.timeout(5):
+            while len(rounds) < 2:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.4)
+    finally:
+        await loops.stop()
+    assert len(rounds) == 2
+    assert rounds[1] - woken >= 0.3
 
 
 async def _unpublished(database: db.Database) -> int:

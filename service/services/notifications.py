@@ -42,6 +42,11 @@ AGENT_OFFLINE = "agent.offline"
 LEASE = timedelta(minutes=10)
 SEND_DEADLINE = 60.0
 SEND_CONCURRENCY = 10
+# A commit wakes the delivery loop, which then waits this long before claiming: what else is committed
+# meanwhile goes in the same round. A round costs the same few statements (claim, record) for one row or
+# fifty, so under load (an auto-placed assignment is a notification) this turns a round per row into a
+# round per batch; people notified do not notice a quarter of a second.
+GATHER_SECONDS = 0.25
 MAX_BACKOFF_SECONDS = 15 * 60
 
 # Key in `session.info` under which the app lends sessions a way to wake the delivery loop.
@@ -299,7 +304,7 @@ def init_app(app: Quart, settings: Settings) -> None:
     async def round_() -> bool:
         return await deliver_due(app.extensions["db"], channels, settings)
 
-    loops.add(LOOP, round_, settings.notify_interval)
+    loops.add(LOOP, round_, settings.notify_interval, gather=GATHER_SECONDS)
 
     @app.before_serving
     async def _lend_wake() -> None:
