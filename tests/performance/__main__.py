@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvloop
 
-from . import assign, costs, heartbeats, login, read, servers, sse
+from . import assign, concurrency, costs, heartbeats, login, read, servers, sse
 from .plan import Plan
 from .report import Report
 
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, Callable[[Plan], Awaitable[Report]]] = {
     "sse": sse.run,
     "login": login.run,
     "costs": costs.run,
+    "concurrency": concurrency.run,
 }
 
 
