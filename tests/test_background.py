@@ -9,14 +9,18 @@ import contextlib
 
 from quart.testing import QuartClient
 from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from service import background, db
 from service.application import Switchboard
 from service.events import outbox
+from service.events.memory_broker import MemoryBroker
 from service.models.events import OutboxEvent
 
 from .accounts import signed_in
+from .conftest import AppMaker
 from .fleet import make_agent
+from .statements import statements
 
 
 async def test_a_wake_during_a_round_runs_the_next_round_at_once() -> None:
@@ -93,6 +97,35 @@ async def test_a_relay_that_cannot_lead_asks_to_run_again_soon(app: Switchboard,
             break
         await asyncio.sleep(0.05)
     assert await _unpublished(database) == 0
+
+
+async def _record_unannounced(database: db.Database, n: int) -> tuple[int, int] | None:
+    """An event committed as a script would (no app to wake the relay); the newest published id."""
+    async with async_sessionmaker(database.engine)() as session, session.begin():
+        outbox.record(session, "agent.updated", {"n": n}, topic="a1")
+        newest = select(OutboxEvent.event_ms, OutboxEvent.event_seq).where(OutboxEvent.event_ms.is_not(None))
+        found = (await session.execute(newest.order_by(OutboxEvent.id.desc()).limit(1))).first()
+    return None if found is None else (found[0], found[1])
+
+
+async def test_a_relay_round_reads_its_batch_and_the_newest_id_in_one_statement(make_app: AppMaker) -> None:
+    # Only a wake would run the app's relay within the test, and these commits make none.
+    app = await make_app(relay_interval=60)
+    database: db.Database = app.extensions["db"]
+    await asyncio.sleep(0.05)  # the loop's first round is done
+    await _record_unannounced(database, 1)
+    assert await outbox.relay(database, app.extensions["broker"]) is False
+
+    # The log lost everything (Redis restarted empty, or a new process's ring): ids go on above the old.
+    first = await _record_unannounced(database, 2)
+    with statements(database.engine) as seen:
+        assert await outbox.relay(database, MemoryBroker()) is False
+    second = await _record_unannounced(database, 3)
+    assert first is not None
+    assert second is not None
+    assert second > first
+    reads = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT") and "outbox_events" in sql]
+    assert len(reads) == 1, reads
 
 
 async def test_stop_ends_a_loop_whose_round_swallowed_the_cancellation() -> None:

@@ -8,9 +8,10 @@ order gives the same events, so a subscriber resuming across such a loss still g
 
 from __future__ import annotations
 
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import ScalarSelect, Select, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from service import db
 from service.events.broker import (
@@ -34,23 +35,35 @@ def as_event(row: OutboxEvent) -> Event:
     return make_event(row.event_id, row.type, row.topic, data_json)
 
 
-def _end_key_query(newest: bool) -> Select[int | None, int | None]:
-    order = (OutboxEvent.event_ms, OutboxEvent.event_seq)
+def _end_key_query(newest: bool, table: type[OutboxEvent] = OutboxEvent) -> Select[int | None, int | None]:
+    order = (table.event_ms, table.event_seq)
     return (
         select(*order)
-        .where(OutboxEvent.event_ms.is_not(None))
+        .where(table.event_ms.is_not(None))
         .order_by(*(column.desc() if newest else column for column in order))
         .limit(1)
     )
 
 
-# Built once (see db.ConditionalUpdate): the relay reads the newest every round.
-_END_KEYS = {newest: _end_key_query(newest) for newest in (False, True)}
+# Built once (see db.ConditionalUpdate): every resume from the archive reads it.
+_OLDEST = _end_key_query(newest=False)
 
 
-async def end_key(session: AsyncSession, *, newest: bool) -> tuple[int, int] | None:
-    """The id of the oldest (or newest) event the archive holds; None when it holds none."""
-    found = (await session.execute(_END_KEYS[newest])).first()
+def newest_key_columns() -> tuple[ScalarSelect[int | None], ScalarSelect[int | None]]:
+    """The newest published id's two parts as uncorrelated scalar subqueries, for a statement on the
+    outbox to carry (the relay reads its batch and the newest id in one round trip). None and None when
+    nothing was published yet."""
+    published = aliased(OutboxEvent)  # not the outer statement's rows: computed once, not per row
+    query = _end_key_query(True, published)
+    return (
+        query.with_only_columns(published.event_ms).scalar_subquery(),
+        query.with_only_columns(published.event_seq).scalar_subquery(),
+    )
+
+
+async def oldest_key(session: AsyncSession) -> tuple[int, int] | None:
+    """The id of the oldest event the archive holds; None when it holds none."""
+    found = (await session.execute(_OLDEST)).first()
     if found is None or found[0] is None or found[1] is None:
         return None
     return found[0], found[1]
@@ -73,7 +86,7 @@ class OutboxArchive:
         """
         try:
             async with self._database.sessionmaker() as session:
-                oldest = await end_key(session, newest=False)
+                oldest = await oldest_key(session)
                 if oldest is None:
                     return []
                 if after < oldest:

@@ -75,9 +75,10 @@ async def relay(database: db.Database, broker: Broker, batch: int = 500) -> bool
     return True
 
 
-# Built once (see db.ConditionalUpdate): the relay runs after every commit that records an event.
+# Built once (see db.ConditionalUpdate): the relay runs after every commit that records an event. Each
+# row carries the newest id given so far (read in the same statement: a round trip less per round).
 _UNPUBLISHED = (
-    select(OutboxEvent)
+    select(OutboxEvent, *archive.newest_key_columns())
     .where(OutboxEvent.published_at.is_(None))
     .order_by(OutboxEvent.id)
     .limit(bindparam("batch"))
@@ -85,12 +86,15 @@ _UNPUBLISHED = (
 
 
 async def _relay_batch(session: AsyncSession, broker: Broker, batch: int) -> bool:
-    rows = (await session.execute(_UNPUBLISHED, {"batch": batch})).scalars().all()
-    if not rows:
+    found = (await session.execute(_UNPUBLISHED, {"batch": batch})).all()
+    if not found:
         return False
+    rows = [row for row, _, _ in found]
+    newest_ms, newest_seq = found[0][1], found[0][2]
     envelopes = [Envelope(row.id, row.type, row.data, row.topic) for row in rows]
     # Above the newest id ever given: a log that restarted empty must not reuse or go below one.
-    ids = await broker.append(envelopes, after=await archive.end_key(session, newest=True) or (0, 0))
+    after = (newest_ms, newest_seq) if newest_ms is not None and newest_seq is not None else (0, 0)
+    ids = await broker.append(envelopes, after=after)
     metrics.events_published_total.inc(len(ids))
     now = datetime.now(UTC)
     for row, event_id in zip(rows, ids, strict=True):
