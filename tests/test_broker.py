@@ -381,7 +381,7 @@ async def test_an_event_type_that_breaks_sse_framing_appends_nothing(broker: Bro
 
 class ListArchive:
     """Plays the outbox table for the broker: every appended event, kept in order (the real one, read
-    from the database, is tested in tests/test_archive.py)."""
+    from the database, is tested in tests/services/test_retention.py and tests/blueprints/test_events.py)."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
