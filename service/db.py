@@ -142,6 +142,7 @@ def open_database(settings: Settings) -> Database:
     if settings.database_pool_pre_ping:
         ping_idle_connections(engine, settings.database_pool_ping_after)
     metrics.watch_pool(engine.sync_engine.pool)
+    metrics.watch_statements(engine.sync_engine)
     # expire_on_commit=False: after the request commits, routes still read the objects they hold.
     return Database(
         engine,

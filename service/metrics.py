@@ -21,7 +21,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 # Requests that matched no route share one label, so unknown paths cannot grow the series count.
@@ -42,6 +42,10 @@ db_pool_checked_out = Gauge(
 )
 db_pool_open = Gauge(
     "db_pool_open", "Database connections open (idle or in use).", multiprocess_mode="livesum"
+)
+db_statements_total = Counter(
+    "db_statements_total",
+    "Statements sent to the database (a batch of rows sent at once counts one; BEGIN and COMMIT none).",
 )
 
 sse_subscribers = Gauge("sse_subscribers", "Open server-sent event streams.", multiprocess_mode="livesum")
@@ -88,6 +92,11 @@ def _checked_in(_: Any, record: ConnectionPoolEntry) -> None:
     counted = record.record_info
     if counted is not None and counted.pop(_COUNTED, False):
         db_pool_checked_out.dec()
+
+
+def watch_statements(engine: Engine) -> None:
+    """Count every statement the engine sends: round trips per request, the cost that dominates here."""
+    event.listen(engine, "before_cursor_execute", lambda *_: db_statements_total.inc())
 
 
 def unwatch_pool(pool: Pool) -> None:

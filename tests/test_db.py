@@ -27,8 +27,11 @@ from service.db import engine_options, make_engine, ping_idle_connections
 from service.models.entity import NAMING_CONVENTION, Entity, Model, new_id
 
 from . import probes
+from .accounts import signed_in
 from .conftest import make_settings
 from .faults.proxy import FaultProxy
+from .fleet import make_agent
+from .statements import statements
 
 
 @asynccontextmanager
@@ -415,3 +418,20 @@ async def test_a_checkout_cancelled_during_its_ping_leaves_the_pool_gauge_alone(
     finally:
         metrics.unwatch_pool(engine.sync_engine.pool)
         await engine.dispose()
+
+
+async def test_every_statement_sent_is_counted(client: QuartClient, app: Switchboard) -> None:
+    """db_statements_total: the round trips a request costs, readable from /metrics (the benchmarks
+    report them per request: unlike CPU time, the count does not vary with a noisy machine)."""
+    operator = await signed_in(client, "opal", "operator", app)
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("db_statements_total") or 0.0
+
+    with statements(app.extensions["db"].engine) as seen:
+        before = counted()  # inside: a background loop's statement now is seen by both
+        await make_agent(client, operator, "a1")
+        await client.get("/api/v1/agents", headers=operator)
+        after = counted()
+    assert len(seen) >= 3
+    assert after - before == len(seen)

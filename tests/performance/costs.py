@@ -2,6 +2,8 @@
 /proc) for each endpoint of the load mix, requests sent 8 at a time, including what each sets off in the
 background (the outbox relay, notification delivery). Cheap to run, so each change can be weighed
 against the mix it serves: requests/s on a saturated machine is about its cores over these numbers.
+Beside the CPU, the database statements (the service's db_statements_total) and Redis commands (the
+server's commandstats) per request: counts, which this noisy machine does not blur.
 
 The client is httpx on the same machine: requests/s would say little, the CPU figures are the
 workers' alone, less what they spend idle (background loops) over the same time.
@@ -13,9 +15,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
+from redis.asyncio import Redis
 
 from . import fleet, servers
 from .plan import Plan
@@ -109,16 +113,41 @@ def _steps(
     ]
 
 
-async def _idle_rate(server: Server) -> float:
-    """The workers' CPU per second with no request (background loops: the sweeper reads every beating
-    agent each round, thousands on the benchmark database), subtracted from each measurement."""
-    before, started = server.cpu_seconds(), time.monotonic()
-    await asyncio.sleep(IDLE_SECONDS)
-    return (server.cpu_seconds() - before) / (time.monotonic() - started)
+@dataclass(frozen=True)
+class Cost:
+    """Per request. statements is None for a service that does not count them (an older checkout)."""
+
+    cpu_ms: float
+    statements: float | None
+    redis_commands: float
 
 
-async def _measure(server: Server, step: Step, count: int) -> float:
-    """Milliseconds of worker CPU per request."""
+@dataclass(frozen=True)
+class _Reading:
+    at: float
+    cpu: float
+    statements: float | None
+    redis_commands: float
+
+    def since(self, earlier: _Reading) -> tuple[float, float | None, float]:
+        statements = None
+        if self.statements is not None and earlier.statements is not None:
+            statements = self.statements - earlier.statements
+        return self.cpu - earlier.cpu, statements, self.redis_commands - earlier.redis_commands
+
+
+async def _read(server: Server, http: httpx.AsyncClient, redis: Redis) -> _Reading:
+    lines = (await http.get("/metrics")).text.splitlines()
+    counted = [float(line.split()[-1]) for line in lines if line.startswith("db_statements_total ")]
+    stats = await redis.info("commandstats")
+    # Less this reading's own INFO (every reading makes one, so the differences are exact).
+    commands = sum(int(value["calls"]) for value in stats.values()) + 1
+    return _Reading(time.monotonic(), server.cpu_seconds(), counted[0] if counted else None, commands)
+
+
+async def _measure(server: Server, http: httpx.AsyncClient, redis: Redis, step: Step, count: int) -> Cost:
+    """Worker CPU (ms), database statements and Redis commands per request, less what the workers do
+    idle (background loops: the sweeper reads every beating agent each round) over the same time."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(index: int) -> None:
@@ -129,18 +158,37 @@ async def _measure(server: Server, step: Step, count: int) -> float:
 
     for index in range(WARM_UP):
         await one(index)
-    idle = await _idle_rate(server)
-    before, started = server.cpu_seconds(), time.monotonic()
+    idle_start = await _read(server, http, redis)
+    await asyncio.sleep(IDLE_SECONDS)
+    start = await _read(server, http, redis)
     await asyncio.gather(*(one(index) for index in range(count)))
     await asyncio.sleep(SETTLE_SECONDS)
-    spent = server.cpu_seconds() - before - idle * (time.monotonic() - started)
-    return 1000 * spent / count
+    end = await _read(server, http, redis)
+    share = (end.at - start.at) / (start.at - idle_start.at)  # of the idle window's work, over the run
+
+    def less_idle(spent: float | None, idle: float | None) -> float | None:
+        return None if spent is None or idle is None else (spent - idle * share) / count
+
+    cpu, statements, commands = (
+        less_idle(spent, idle) for spent, idle in zip(end.since(start), start.since(idle_start), strict=True)
+    )
+    assert cpu is not None
+    assert commands is not None
+    return Cost(1000 * cpu, statements, commands)
+
+
+def _counts(cost: Cost) -> str:
+    def shown(value: float) -> str:
+        return f"{round(value, 1) + 0.0:.1f}"  # + 0.0: no "-0.0" where the idle share was subtracted
+
+    statements = "n/a" if cost.statements is None else shown(cost.statements)
+    return f"{statements} + {shown(cost.redis_commands)}"
 
 
 async def run(plan: Plan) -> Report:
     agents = await fleet.seed_agents(plan.backends, PREFIX, AGENTS, [CAPABILITY], 1000)
     report = Report("costs: worker CPU per request, by endpoint", plan.compared)
-    results: dict[str, dict[str, list[float]]] = {}
+    results: dict[str, dict[str, list[Cost]]] = {}
     labels: list[str] = []
     for _ in range(plan.rounds):
         for app in plan.services():
@@ -153,12 +201,15 @@ async def run(plan: Plan) -> Report:
                     for index in range(AGENTS):  # online, so that work is placed on them
                         await steps[1][1](index)
                     for name, step, count in steps:
-                        cost = await _measure(server, step, count())
+                        async with Redis.from_url(plan.backends.redis_url) as redis:
+                            cost = await _measure(server, http, redis, step, count())
                         results.setdefault(name, {}).setdefault(app.label, []).append(cost)
-                        print(f"  {app.label:>11}  {name:48} {cost:6.2f} ms", flush=True)
+                        print(
+                            f"  {app.label:>11}  {name:48} {cost.cpu_ms:6.2f} ms  {_counts(cost)}", flush=True
+                        )
     headers = ["endpoint", *(f"{label}: ms of CPU per request (rounds)" for label in labels)]
     rows = [
-        [name, *(" / ".join(f"{value:.2f}" for value in by_label.get(label, [])) for label in labels)]
+        [name, *(" / ".join(f"{c.cpu_ms:.2f}" for c in by_label.get(label, [])) for label in labels)]
         for name, by_label in results.items()
     ]
     report.table(headers, rows)
@@ -168,5 +219,20 @@ async def run(plan: Plan) -> Report:
         "relay, notification delivery), less the idle workers' CPU per second (measured for "
         f"{IDLE_SECONDS:g} s before each endpoint) over the same time. The client runs on the same "
         "machine: only the CPU figures mean anything."
+    )
+    headers = [
+        "endpoint",
+        *(f"{label}: statements + Redis commands per request (rounds)" for label in labels),
+    ]
+    rows = [
+        [name, *(" / ".join(_counts(c) for c in by_label.get(label, [])) for label in labels)]
+        for name, by_label in results.items()
+    ]
+    report.table(headers, rows)
+    report.note(
+        "Database statements (the service's `db_statements_total`; BEGIN and COMMIT not counted) and Redis "
+        "commands (the Redis server's commandstats: the commands a Lua script runs count too, so this is "
+        "not round trips; the machine's Redis must be otherwise quiet) over the same requests and what "
+        "they set off, less the idle rate, per request."
     )
     return report
