@@ -81,6 +81,10 @@ def read_without_lock(event: Any) -> None:
     flag's count needs no lock, and the master alone ever sets or clears it, so a worker reads it thus.
     """
     flag = event._flag  # the event's flag: a semaphore at 1 while set, 0 while clear
+    try:
+        flag.get_value()
+    except NotImplementedError:  # macOS has no sem_getvalue: keep the stock read there
+        return
     event.is_set = lambda: flag.get_value() > 0
 
 

@@ -85,3 +85,18 @@ def test_a_worker_killed_holding_the_shutdown_events_lock_stops_no_one_reading_i
     assert fresh.is_set() is False
     fresh.set()
     assert fresh.is_set() is True
+
+
+class _FlagWithoutValue:
+    """A platform's semaphore that cannot tell its count (macOS has no sem_getvalue)."""
+
+    def get_value(self) -> int:
+        raise NotImplementedError
+
+
+def test_where_the_flag_cannot_be_read_the_stock_read_stays() -> None:
+    shutdown = multiprocessing.get_context("spawn").Event()
+    stock = shutdown.is_set
+    shutdown._flag = _FlagWithoutValue()  # type: ignore[attr-defined]
+    draining.read_without_lock(shutdown)
+    assert shutdown.is_set == stock
