@@ -195,14 +195,16 @@ async def run(plan: Plan) -> Report:
             await _reset(plan.backends)
             labels = list(dict.fromkeys([*labels, app.label]))
             with servers.running(app, plan.backends) as server:
-                async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                async with (
+                    httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+                    Redis.from_url(plan.backends.redis_url) as redis,
+                ):
                     operator = {"Authorization": f"Bearer {await fleet.login(http)}"}
                     steps = _steps(http, operator, agents)
                     for index in range(AGENTS):  # online, so that work is placed on them
                         await steps[1][1](index)
                     for name, step, count in steps:
-                        async with Redis.from_url(plan.backends.redis_url) as redis:
-                            cost = await _measure(server, http, redis, step, count())
+                        cost = await _measure(server, http, redis, step, count())
                         results.setdefault(name, {}).setdefault(app.label, []).append(cost)
                         print(
                             f"  {app.label:>11}  {name:48} {cost.cpu_ms:6.2f} ms  {_counts(cost)}", flush=True
