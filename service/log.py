@@ -40,8 +40,51 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+class _StderrLogger:
+    """Where structlog's own loggers write: each rendered line to the current `sys.stderr`, looked up at
+    every line (a test's captured stream, or a stream swapped after configuration, is the one written)."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name  # for add_logger_name
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    debug = info = warning = error = critical = msg
+
+
+# structlog's processors, filled by configure(). Loggers cache the chain on first use (the module-level
+# ones live across app instances: tests build many), so configure() changes this one list in place.
+_PROCESSORS: list[Any] = []
+_threshold = logging.INFO
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def _at_threshold(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if _LEVELS.get(method, logging.INFO) < _threshold:
+        raise structlog.DropEvent
+    return event
+
+
 def configure(level: str, fmt: str) -> None:
-    """Route structlog and the standard library (hypercorn, SQLAlchemy) through one renderer."""
+    """structlog's lines and the standard library's (hypercorn, SQLAlchemy, asyncio) through one chain of
+    processors and one renderer: the same JSON (or console) line whoever logs.
+
+    structlog's own loggers (every line the service writes, among them the access line of each request)
+    render and write directly: through the standard library's logging, each line cost a LogRecord, a
+    copy of it in the formatter, the handler's lock and a second pass of processors - about three times
+    as much, on every request.
+    """
+    global _threshold
+    _threshold = logging.getLevelName(level)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -54,14 +97,12 @@ def configure(level: str, fmt: str) -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    _PROCESSORS[:] = [_at_threshold, *shared, structlog.processors.format_exc_info, renderer]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=_PROCESSORS,
+        logger_factory=_StderrLogger,
+        # The level is _at_threshold's to check, so that a later configure() changes it for every logger.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -75,9 +116,8 @@ def configure(level: str, fmt: str) -> None:
             ],
         )
     )
-    # Every request writes an access line: skip what the renderer never prints (the stdlib's documented
-    # switches for the caller's thread, process name and source position), about a seventh of a line's
-    # cost. The process id stays: hypercorn's own error log format prints it.
+    # Skip what the renderer never prints (the stdlib's documented switches for the caller's thread,
+    # process name and source position). The process id stays: hypercorn's own error log prints it.
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging._srcfile = None
@@ -90,6 +130,6 @@ def configure(level: str, fmt: str) -> None:
         logging.getLogger(name).propagate = name != "hypercorn.access"
 
 
-def get(name: str) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+def get(name: str) -> structlog.typing.FilteringBoundLogger:
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger

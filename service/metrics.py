@@ -62,6 +62,24 @@ asyncio_tasks = Gauge(
 )
 
 
+# The labelled series of each (method, route, status), looked up once: `labels()` validates its values and
+# takes a lock on every call, a cost paid on every request. Routes are templates, so the keys are few.
+_request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_request(method: str, endpoint: str, status: int, seconds: float) -> None:
+    """Count an answered request and its duration."""
+    key = (method, endpoint, status)
+    series = _request_series.get(key)
+    if series is None:
+        series = _request_series[key] = (
+            http_requests_total.labels(method, endpoint, str(status)),
+            http_request_duration_seconds.labels(method, endpoint),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
+
+
 def watch_pool(pool: Pool) -> None:
     """Keep the pool gauges current from the pool's own events (no polling, no scrape-time work)."""
     size = getattr(pool, "size", None)

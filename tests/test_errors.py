@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -111,24 +111,28 @@ async def test_api_errors_keep_their_status_code_and_details(probe_client: Quart
 
 
 async def test_unexpected_exception_is_a_500_without_internals(
-    probe_client: QuartClient, caplog: pytest.LogCaptureFixture
+    database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.ERROR)
-    response = await probe_client.get("/_probe/boom", headers={"X-Request-ID": "trace-boom-0001"})
-    assert response.status_code == 500
-    raw = (await response.get_data()).decode()
-    assert_envelope(await response.get_json(), "INTERNAL_ERROR")
-    for leak in ("Traceback", "RuntimeError", "hunter2", "/srv/app.py"):
-        assert leak not in raw
-    # The traceback goes to the log, tied to the request id.
-    logged = [r for r in caplog.records if "unhandled_exception" in r.getMessage()]
-    assert logged
-    event = logged[0].msg
-    assert isinstance(event, dict)
-    assert event["request_id"] == "trace-boom-0001"
-    assert "RuntimeError" in event["exception"]
-    # The process keeps serving.
-    assert (await probe_client.get("/health")).status_code == 200
+    app = create_app(make_settings(database_url, log_format="json"))
+    app.register_blueprint(probes.blueprint)
+    async with app.test_app():
+        probe_client = app.test_client()
+        response = await probe_client.get("/_probe/boom", headers={"X-Request-ID": "trace-boom-0001"})
+        assert response.status_code == 500
+        raw = (await response.get_data()).decode()
+        assert_envelope(await response.get_json(), "INTERNAL_ERROR")
+        for leak in ("Traceback", "RuntimeError", "hunter2", "/srv/app.py"):
+            assert leak not in raw
+        # The traceback goes to the log, tied to the request id.
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        logged = [line for line in lines if line.get("event") == "unhandled_exception"]
+        assert logged
+        event = logged[0]
+        assert event["request_id"] == "trace-boom-0001"
+        assert event["level"] == "error"
+        assert "RuntimeError" in event["exception"]
+        # The process keeps serving.
+        assert (await probe_client.get("/health")).status_code == 200
 
 
 async def test_database_down_is_a_503_with_retry_after(app: Switchboard) -> None:

@@ -57,6 +57,29 @@ def test_secrets_are_redacted_from_log_lines(json_lines) -> None:  # type: ignor
     assert any(line["event"] == "plain message" for line in lines)
 
 
+def test_a_later_configuration_reaches_loggers_already_used(json_lines) -> None:  # type: ignore[no-untyped-def]
+    """Loggers assemble their chain on first use and keep it (modules hold theirs for the process): the
+    level and format of the newest configure() are still the ones every line gets, structlog's and the
+    standard library's alike."""
+    used = log.get("test.levels")
+    log.configure("INFO", "console")
+    used.info("first")
+    log.configure("WARNING", "json")
+    used.info("quiet")
+    logging.getLogger("test.stdlib").info("quiet too")
+    used.warning("loud", detail="x")
+    logging.getLogger("test.stdlib").warning("loud too")
+    lines = json_lines()
+    assert [line["event"] for line in lines] == ["loud", "loud too"]
+    assert lines[0]["level"] == lines[1]["level"] == "warning"
+    assert lines[0]["logger"] == "test.levels"
+    assert lines[1]["logger"] == "test.stdlib"
+    assert set(lines[0]) - {"detail"} == set(lines[1])
+    log.configure("INFO", "json")
+    used.info("heard")
+    assert [line["event"] for line in json_lines()] == ["heard"]
+
+
 async def test_no_secret_reaches_the_log_in_a_whole_account_story(database_url: str, json_lines) -> None:  # type: ignore[no-untyped-def]
     """Register, fail a login, log in, refresh, use tokens, change the password, log out: the log holds
     no password, token, Authorization header or password hash."""
