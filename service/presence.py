@@ -16,15 +16,17 @@ from __future__ import annotations
 import contextlib
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
-from quart import Quart, current_app
+from quart import Quart, current_app, g, has_request_context
 from redis.asyncio import Redis
 
 from service import redis_client
+
+V = TypeVar("V", bound=Callable[..., Any])
 
 KEY = "sb:presence"
 # The version fields beside the beats: one per agent, and one for changes of agents not known one by one.
@@ -179,10 +181,7 @@ class RedisPresence:
         ids = list(agent_ids)
         if not ids:
             return {}
-        fields = [EVERY_AGENT]
-        for agent_id in ids:
-            fields += [str(agent_id), _version_field(agent_id)]
-        every, *values = await self._fields(fields)
+        every, *values = await self._fields(look_fields(ids))
         return {
             agent_id: Live(None if raw is None else _decode(raw), _version(version, every))
             for agent_id, raw, version in zip(ids, values[0::2], values[1::2], strict=True)
@@ -196,6 +195,9 @@ class RedisPresence:
         """
         if not fields:
             return []
+        read_ahead = self._read_ahead(fields)
+        if read_ahead is not None:
+            return read_ahead
 
         async def read() -> list[bytes | str | None]:
             await self._catch_up()
@@ -203,6 +205,21 @@ class RedisPresence:
             return values
 
         return await self._breaker.run(read)
+
+    @property
+    def current(self) -> bool:
+        """Whether Redis holds every version change this process made (none waits to be written)."""
+        return not self._unbumped and not self._unbumped_every
+
+    def _read_ahead(self, fields: list[str]) -> list[bytes | str | None] | None:
+        """The fields as the request's rate limiter read them (see looks_at), when it read them all and no
+        version change has waited to be written since (what it read could predate one)."""
+        if not has_request_context() or not self.current:
+            return None
+        primed: dict[str, bytes | str | None] | None = g.get("presence_read_ahead")
+        if primed is None or not all(field in primed for field in fields):
+            return None
+        return [primed[field] for field in fields]
 
     async def bump(self, agent_ids: Iterable[uuid.UUID], every_agent: bool) -> None:
         """Replace the versions; what Redis does not take now it gets before anything else later."""
@@ -235,6 +252,47 @@ async def for_display(store: Presence, agent_ids: Iterable[uuid.UUID]) -> dict[u
         return await store.last(agent_ids)
     except redis_client.FAILURES:
         return {}  # the store's breaker logged the outage once
+
+
+def look_fields(agent_ids: Iterable[uuid.UUID]) -> list[str]:
+    """The hash fields `look` reads: the table's version, then each agent's beat and version."""
+    fields = [EVERY_AGENT]
+    for agent_id in agent_ids:
+        fields += [str(agent_id), _version_field(agent_id)]
+    return fields
+
+
+_LOOKS_AT = "_switchboard_looks_at"
+
+
+def looks_at(view_arg: str) -> Callable[[V], V]:
+    """Mark a view that will `look` at the agent its URL's `view_arg` names: the rate limiter's Redis call
+    (which every such request makes first) reads the agent's beat and versions too, and `look` takes
+    them from there, a round trip fewer. Place it directly under the route decorator."""
+
+    def mark(view: V) -> V:
+        setattr(view, _LOOKS_AT, view_arg)
+        return view
+
+    return mark
+
+
+def fields_to_read_ahead(view: Callable[..., Any] | None, view_args: Mapping[str, Any] | None) -> list[str]:
+    """The fields of KEY the current request's view will look at (see looks_at), for the rate limiter to
+    read; none when the view is not marked or the store is not Redis's, or a version change of this
+    process still waits to be written (it must reach Redis before anything reads a version)."""
+    name: str | None = getattr(view, _LOOKS_AT, None)
+    if name is None or not view_args or not isinstance(view_args.get(name), uuid.UUID):
+        return []
+    store = current_app.extensions.get("presence")
+    if not isinstance(store, RedisPresence) or not store.current:
+        return []
+    return look_fields([view_args[name]])
+
+
+def read_ahead(fields: Sequence[str], values: Sequence[bytes | str | None]) -> None:
+    """Keep what the rate limiter read of KEY for this request's `look`."""
+    g.presence_read_ahead = dict(zip(fields, values, strict=True))
 
 
 def init_app(app: Quart) -> None:

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from werkzeug.exceptions import HTTPException
 
-from service import identity, log, redis_client
+from service import identity, log, presence, redis_client
 from service.config import Settings, parse_rate
 
 logger = log.get(__name__)
@@ -117,9 +117,10 @@ class Decision:
 
     tats: tuple[float, ...]
     refused: int | None
-    # The values of the keys the caller asked to have read in the same call (see Store.acquire); None
-    # when they were not read (Redis is down and the limits were counted in memory).
+    # The values of the keys and hash fields the caller asked to have read in the same call (see
+    # Store.acquire); None when they were not read (Redis is down and the limits were counted in memory).
     reads: tuple[str | None, ...] | None = None
+    hash_reads: tuple[bytes | str | None, ...] | None = None
 
 
 def decide(stored: list[float], checks: list[Check], now: float) -> Decision:
@@ -136,28 +137,39 @@ def decide(stored: list[float], checks: list[Check], now: float) -> Decision:
 
 # decide() in Lua, so reading and moving every TAT is one atomic round trip: workers and instances
 # cannot both pass the last allowance, and a request costs one Redis call however many limits it has.
-# The same call reads the caller's auth cache entries (identity.prefetch), which the request needs next.
-# KEYS: the checks' keys, then the keys to read; ARGV: now, then inverse and max_interval of each check.
+# The same call reads what the request needs next: the caller's auth cache entries (identity.prefetch)
+# and the fields of the presence hash its view will look at (presence.looks_at).
+# KEYS: the checks' keys, the keys to GET, then the hash to HMGET when there are fields to read.
+# ARGV: now, the number of checks, inverse and max_interval of each check, then the hash's fields.
 _GCRA_SCRIPT = """
 local now = tonumber(ARGV[1])
-local checks = (#ARGV - 1) / 2
+local checks = tonumber(ARGV[2])
+local fields = #ARGV - 2 - 2 * checks
+local gets = #KEYS - checks
+if fields > 0 then gets = gets - 1 end
 local tats = {}
 local refused = 0
 for i = 1, checks do
   tats[i] = math.max(tonumber(redis.call('GET', KEYS[i]) or '0'), now)
-  if refused == 0 and tats[i] - now > tonumber(ARGV[2 * i + 1]) then refused = i end
+  if refused == 0 and tats[i] - now > tonumber(ARGV[2 * i + 2]) then refused = i end
 end
 local out = {tostring(refused)}
 for i = 1, checks do
   if refused == 0 then
-    tats[i] = tats[i] + tonumber(ARGV[2 * i])
+    tats[i] = tats[i] + tonumber(ARGV[2 * i + 1])
     local ttl = math.max(1, math.ceil((tats[i] - now) * 1000))
     redis.call('SET', KEYS[i], string.format('%.17g', tats[i]), 'PX', ttl)
   end
-  out[i + 1] = string.format('%.17g', tats[i])
+  out[#out + 1] = string.format('%.17g', tats[i])
 end
-for i = checks + 1, #KEYS do
-  out[i + 1] = redis.call('GET', KEYS[i])
+for i = checks + 1, checks + gets do
+  out[#out + 1] = redis.call('GET', KEYS[i])
+end
+if fields > 0 then
+  -- HMGET answers false (nil to the caller) for a missing field, which keeps its place in out.
+  for _, value in ipairs(redis.call('HMGET', KEYS[#KEYS], unpack(ARGV, 3 + 2 * checks))) do
+    out[#out + 1] = value
+  end
 end
 return out
 """
@@ -187,15 +199,26 @@ class Store(RateLimiterStoreABC):
     async def after_serving(self) -> None:
         """Nothing to close, for the same reason."""
 
-    async def acquire(self, checks: list[Check], now: float, reads: Sequence[str] = ()) -> Decision:
-        """Count one request against every check, unless one of them refuses it; and read the Redis
-        keys `reads` in the same call (Decision.reads; not read when Redis is down)."""
+    async def acquire(
+        self,
+        checks: list[Check],
+        now: float,
+        reads: Sequence[str] = (),
+        hash_read: tuple[str, Sequence[str]] | None = None,
+    ) -> Decision:
+        """Count one request against every check, unless one of them refuses it; and read, in the same
+        call, the Redis keys `reads` (Decision.reads) and the fields of the hash `hash_read` names
+        (Decision.hash_reads), neither read when Redis is down."""
         client = self._redis()
         if client is not None:
             if self._script is None or self._script.registered_client is not client:
                 self._script = client.register_script(_GCRA_SCRIPT)
-            arguments = [now, *(value for check in checks for value in (check.inverse, check.max_interval))]
+            limits = (value for check in checks for value in (check.inverse, check.max_interval))
+            hash_key, fields = hash_read if hash_read is not None and hash_read[1] else (None, ())
+            arguments: list[str | float] = [now, len(checks), *limits, *fields]
             keys = [*(KEY_PREFIX + check.key for check in checks), *reads]
+            if hash_key is not None:
+                keys.append(hash_key)
             script = self._script
             try:
                 raw = await self._breaker.run(lambda: script(keys=keys, args=arguments))
@@ -203,11 +226,13 @@ class Store(RateLimiterStoreABC):
                 pass  # counted in memory below
             else:
                 refused = int(raw[0])
-                tats, values = raw[1 : len(checks) + 1], raw[len(checks) + 1 :]
+                got = len(checks) + 1
+                tats, values, hashed = raw[1:got], raw[got : got + len(reads)], raw[got + len(reads) :]
                 return Decision(
                     tuple(float(tat) for tat in tats),
                     refused - 1 if refused else None,
                     tuple(None if value is None else redis_client.text(value) for value in values),
+                    tuple(hashed) if hash_key is not None else None,
                 )
         decision = decide([self.memory.get(check.key) for check in checks], checks, now)
         if decision.refused is None:
@@ -250,7 +275,8 @@ class _Limiter(RateLimiter):
         if not limits:
             return
         # Who is calling, as far as the credential says without any I/O: the caller's key, and the auth
-        # cache entries the request needs next, read in the same Redis call as the limits.
+        # cache entries the request needs next, read in the same Redis call as the limits (so is the
+        # agent a view looks at, presence.looks_at).
         prefetch = identity.prefetch()
         if prefetch is not None:
             g.rate_limit_caller = prefetch.caller
@@ -262,10 +288,18 @@ class _Limiter(RateLimiter):
             )
             for limit in limits
         ]
+        fields = presence.fields_to_read_ahead(view_func, request.view_args)
         now = time.time()
-        decision = await self.store.acquire(checks, now, prefetch.redis_keys if prefetch is not None else ())
+        decision = await self.store.acquire(
+            checks,
+            now,
+            prefetch.redis_keys if prefetch is not None else (),
+            (presence.KEY, fields) if fields else None,
+        )
         if prefetch is not None and decision.reads is not None:
             identity.current_principal().prime(dict(zip(prefetch.keys, decision.reads, strict=True)))
+        if fields and decision.hash_reads is not None:
+            presence.read_ahead(fields, decision.hash_reads)
         g.rate_limit_state = (limits, decision, now)
         if decision.refused is not None:
             tat = decision.tats[decision.refused]

@@ -26,7 +26,7 @@ from service.services import sweeper
 from .accounts import signed_in
 from .conftest import AppMaker
 from .fleet import beat, make_work, online_agent
-from .statements import statements
+from .statements import commands, statements
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL") or None
 
@@ -283,6 +283,47 @@ if REDIS_URL is not None:  # two processes share versions through Redis only
 
         assert (await writes.delete(f"/api/v1/agents/{agent_id}", headers=operator)).status_code == 200
         assert (await reads.get(f"/api/v1/agents/{agent_id}", headers=operator)).status_code == 404
+
+    async def test_a_read_takes_the_beat_and_version_the_rate_limiter_read(make_app: AppMaker) -> None:
+        """GET /agents/{id} reads the agent's beat and versions in the limiter's Redis call: what that
+        call read is what the answer shows, including another process's change just before."""
+        writer = await make_app()
+        reader = await make_app()
+        await background.loops_of(reader).stop()  # its relay's and sweeper's Redis calls are not counted
+        writes, reads = writer.test_client(), reader.test_client()
+        operator = await signed_in(writes, "opal", "operator", writer)
+        agent_id, token = await online_agent(writes, operator, "ada")
+        assert (await _agent(reads, operator, agent_id))["name"] == "ada"  # cached in the reader
+        assert (
+            await writes.patch(f"/api/v1/agents/{agent_id}", json={"name": "ada2"}, headers=operator)
+        ).status_code == 200
+        await beat(writes, agent_id, token, load=0.25)
+        with commands(reader) as seen:
+            shown = await _agent(reads, operator, agent_id)
+        assert (shown["name"], shown["load"]) == ("ada2", 0.25)
+        assert seen == {"EVALSHA": 1}
+
+    async def test_a_version_change_waiting_to_be_written_goes_before_the_read(make_app: AppMaker) -> None:
+        """A version change Redis has not taken yet must reach it before any version is read: the
+        limiter's call then leaves the agent alone, and the read writes the change, then reads."""
+        app = await make_app()
+        await background.loops_of(app).stop()  # their Redis calls are not counted
+        client = app.test_client()
+        operator = await signed_in(client, "opal", "operator", app)
+        agent_id, _ = await online_agent(client, operator, "ada")
+        store: presence.RedisPresence = app.extensions["presence"]
+        breaker = redis_client.breaker(app)
+        breaker.failed(ConnectionError("Redis went away"))  # as after a failed call
+        await store.bump([uuid.UUID(agent_id)], every_agent=False)  # not written: Redis is "down"
+        breaker.answered()
+        assert not store.current
+        with commands(app) as seen:
+            assert (await _agent(client, operator, agent_id))["name"] == "ada"
+        assert seen == {"EVALSHA": 1, "HSET": 1, "HMGET": 1}
+        assert store.current
+        with commands(app) as seen:
+            await _agent(client, operator, agent_id)
+        assert seen == {"EVALSHA": 1}
 
     async def test_a_version_change_redis_missed_is_written_before_the_next_read(make_app: AppMaker) -> None:
         app = await make_app()

@@ -151,6 +151,7 @@ async def register_agent(data: AgentRegisterIn) -> tuple[Success[AgentCreatedOut
 
 
 @blueprint.get("/<uuid:agent_id>")
+@presence.looks_at("agent_id")
 @identity.permission_required(permissions.AGENTS_READ)
 @validate_response(Success[AgentOut])
 async def get_agent(agent_id: uuid.UUID) -> Success[AgentOut]:
