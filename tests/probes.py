@@ -44,6 +44,14 @@ async def get_query() -> dict[str, object]:
     return {"value": value}
 
 
+@blueprint.route("/untouched", methods=["GET", "POST"])
+async def untouched() -> dict[str, object]:
+    """Opens the request's sessions, as a view served from a cache does, and sends nothing."""
+    db.session()
+    db.read_session()
+    return {}
+
+
 @blueprint.route("/transaction", methods=["GET", "POST"])
 async def transaction() -> dict[str, object]:
     """Whether this request's statements run inside a transaction block (opened by a BEGIN)."""

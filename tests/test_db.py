@@ -17,10 +17,11 @@ from prometheus_client import REGISTRY
 from quart.testing import QuartClient
 from sqlalchemy import String, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
-from service import create_app, metrics
+from service import background, create_app, metrics
 from service.application import Switchboard
 from service.config import Settings
 from service.db import engine_options, make_engine, ping_idle_connections
@@ -77,6 +78,34 @@ async def test_the_session_is_closed_after_each_request(probe_app: Switchboard) 
     client = probe_app.test_client()
     for _ in range(3):
         assert (await client.get("/_probe/query")).status_code == 200
+    assert probe_app.extensions["db"].engine.sync_engine.pool.checkedout() == 0
+
+
+async def test_a_session_the_request_never_used_is_not_closed(
+    probe_app: Switchboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing a session that holds no connection only detaches its objects, for a greenlet switch that
+    cost a cached read more than its Redis call. A committed session gave its connection back at the
+    commit; one still in a transaction (a failed handler's) is closed, which rolls it back."""
+    closed: list[AsyncSession] = []
+    close = AsyncSession.close
+
+    async def counting(session: AsyncSession) -> None:
+        closed.append(session)
+        await close(session)
+
+    await background.loops_of(probe_app).stop()  # their own sessions are not the requests'
+    monkeypatch.setattr(AsyncSession, "close", counting)
+    client = probe_app.test_client()
+    for method in ("GET", "POST"):
+        assert (await client.open("/_probe/untouched", method=method)).status_code == 200
+    assert closed == []
+    assert (await client.get("/_probe/query")).status_code == 200
+    assert (await client.post("/_probe/notes/kept")).status_code == 200
+    assert closed == []
+    assert (await client.post("/_probe/notes/lost/fail")).status_code == 409
+    assert len(closed) == 1
+    assert await _notes(probe_app) == ["kept"]
     assert probe_app.extensions["db"].engine.sync_engine.pool.checkedout() == 0
 
 
