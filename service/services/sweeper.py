@@ -30,9 +30,12 @@ SWEEP_LOCK = 0x5B_05EE9
 SWEEP_LOOP = "sweeper"
 
 
-# Silent agents marked offline per transaction: each of them locks its row and those of the agents its
-# work moves to, so one transaction for a whole round would hold a fleet's locks (and make the requests
-# that touch those agents wait) until its last agent was done.
+# Silent agents whose beats are asked again at once, just before they are marked offline. Each is then
+# marked in a transaction of its own: marking one locks its row and those of the agents its work moves
+# to, and a transaction for several held all those locks until its last agent was done. On a busy
+# worker (each statement's answer waiting its turn on the event loop) a transaction of 20 held them for
+# seconds, and the requests that touched those agents meanwhile (a completion, a cancellation) ran into
+# DATABASE_STATEMENT_TIMEOUT: 503s in the load run (docs/reliability.md).
 OFFLINE_BATCH = 20
 
 
@@ -44,8 +47,8 @@ async def sweep(
 
     What is read (the agents that should be beating, their beats in the presence store) is read outside
     any transaction, so no connection is held while Redis answers; the silent ones are then marked
-    offline in short transactions of OFFLINE_BATCH, each taking the sweeper's lock and checking the
-    batch's beats again just before.
+    offline one per transaction, each taking the sweeper's lock, their beats asked again just before
+    (OFFLINE_BATCH at a time).
     """
     now = now or datetime.now(UTC)
     deadline = now - timedelta(seconds=settings.agent_heartbeat_timeout)
@@ -55,20 +58,21 @@ async def sweep(
     offline, handed_out, leading = 0, 0, True
     for start in range(0, len(silent), OFFLINE_BATCH):
         chunk = silent[start : start + OFFLINE_BATCH]
-        # Beats that came while the earlier batches were marked spare their agents.
+        # Beats that came while the earlier agents were marked spare their agents.
         beats = await presence_store.last(row.id for row in chunk)
-        batch = _silent(chunk, beats, deadline)
-        async with database.sessionmaker() as session:
-            leading = await db.lead(session, SWEEP_LOCK)
-            if not leading:
-                await session.rollback()
-                break
-            for row in batch:
+        for row in _silent(chunk, beats, deadline):
+            async with database.sessionmaker() as session:
+                leading = await db.lead(session, SWEEP_LOCK)
+                if not leading:
+                    await session.rollback()
+                    break
                 beat = beats.get(row.id)
                 last_seen = beat.at if beat is not None else row.last_heartbeat_at
                 if await _mark_offline(session, row.id, last_seen, row.reported_status, now):
                     offline += 1
-            await db.commit(session)
+                await db.commit(session)
+        if not leading:
+            break
     if leading:
         async with database.sessionmaker() as session:
             if await db.lead(session, SWEEP_LOCK):

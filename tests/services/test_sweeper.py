@@ -8,8 +8,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from quart.testing import QuartClient
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import background, db, presence
 from service.application import Switchboard
@@ -132,13 +134,14 @@ async def test_assigned_work_and_lost_agents_are_notified(client: QuartClient, a
     assert queued[1].payload["data"]["agent"]["id"] == agent_id
 
 
-async def test_a_large_round_marks_in_short_batches_holding_no_connection_across_redis(
-    client: QuartClient, app: Switchboard
+async def test_a_large_round_marks_each_agent_alone_holding_no_connection_across_redis(
+    client: QuartClient, app: Switchboard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A round's silent agents are marked offline a batch per transaction (one transaction for the fleet
-    would hold every row it touched until the end); the presence store is asked with no database
-    connection held, and each batch's beats are asked again just before it is marked, so an agent
-    that beats while earlier batches are marked stays online."""
+    """A round's silent agents are marked offline one per transaction (a transaction for several would
+    hold every row it touched until its last agent was done: 503s for the requests touching those agents
+    in the load run); the presence store is asked with no database connection held, and each batch's
+    beats are asked again just before it is marked, so an agent that beats while earlier batches are
+    marked stays online."""
     operator = await signed_in(client, "opal", "operator", app)
     fleet = [await online_agent(client, operator, f"a{n}") for n in range(sweeper.OFFLINE_BATCH + 3)]
     await background.loops_of(app).stop()  # their rounds take connections of their own
@@ -157,7 +160,15 @@ async def test_a_large_round_marks_in_short_batches_holding_no_connection_across
             await store.record(asked[0], presence.Beat(later, None))
         return await original(asked)
 
+    sessions: list[AsyncSession] = []  # each commits once: a session is a transaction here
+    mark = sweeper._mark_offline
+
+    async def marking(session: AsyncSession, *args: Any) -> bool:
+        sessions.append(session)
+        return await mark(session, *args)
+
     store.last = last
+    monkeypatch.setattr(sweeper, "_mark_offline", marking)
     try:
         async with app.app_context():
             settings: Settings = app.config["SETTINGS"]
@@ -165,6 +176,8 @@ async def test_a_large_round_marks_in_short_batches_holding_no_connection_across
     finally:
         store.last = original
     assert held == [0, 0, 0]  # the whole fleet, then each of the two batches again
+    assert len(sessions) == len(fleet) - 1
+    assert len({id(session) for session in sessions}) == len(sessions)  # one each
     statuses = {agent_id: (await _agent(client, operator, agent_id))["status"] for agent_id, _ in fleet}
     assert statuses.pop(str(revived[0])) == "online"
     assert set(statuses.values()) == {"offline"}
