@@ -166,7 +166,7 @@ def _claim_best_statement(has_all: ColumnElement[bool]) -> Update:
     # taken below the LIMIT), so one statement both chooses and claims. Passed by rather than waited
     # for: a transaction may hold other agents' rows already (a completion, a requeue), and waiting
     # creators deadlocked with each other (each can lock rows that then fail the recheck). Work left
-    # pending so is handed out by the sweeper's next round (hand_out_pending).
+    # pending so is handed out by the sweeper's next round (agents_for_pending_work).
     best = (
         _WITH_ROOM.where(has_all).limit(1).with_for_update(skip_locked=True).correlate(None).scalar_subquery()
     )
@@ -441,7 +441,7 @@ async def dispatch_to(
     return given
 
 
-# Agents a round of hand_out_pending gives work to at most (each row stays locked until it commits).
+# Agents a sweeper round gives pending work to at most.
 HAND_OUT_BATCH = 20
 _ANY_PENDING = (
     select(Assignment.id).where(Assignment.status == states.PENDING, Assignment.deleted_at.is_(None)).limit(1)
@@ -449,19 +449,17 @@ _ANY_PENDING = (
 _HAND_OUT_TO = _WITH_ROOM.limit(HAND_OUT_BATCH)
 
 
-async def hand_out_pending(session: AsyncSession) -> int:
-    """Give pending work to online agents with room; how many assignments it gave.
+async def agents_for_pending_work(session: AsyncSession) -> Sequence[uuid.UUID]:
+    """Online agents with room, best first (HAND_OUT_BATCH at most), when work is pending: the sweeper
+    gives each its share (dispatch_to) in a transaction of its own, since each one locks the agent's row.
 
     Work is handed out when an agent comes online, frees capacity or is resumed; this catches work that
     was left pending although some agent had room (every such agent was locked by another transaction
     at that moment: _claim_best_statement passes locked agents by), so it waits one sweep at most.
     """
     if await session.scalar(_ANY_PENDING) is None:
-        return 0
-    given = 0
-    for agent_id in (await session.execute(_HAND_OUT_TO)).scalars().all():
-        given += len(await dispatch_to(session, agent_id))
-    return given
+        return []
+    return (await session.execute(_HAND_OUT_TO)).scalars().all()
 
 
 async def requeue_held(session: AsyncSession, agent_id: uuid.UUID) -> list[uuid.UUID]:

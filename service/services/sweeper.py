@@ -74,12 +74,21 @@ async def sweep(
         if not leading:
             break
     if leading:
+        with_room: Sequence[uuid.UUID] = []
         async with database.sessionmaker() as session:
             if await db.lead(session, SWEEP_LOCK):
                 await _mark_stale(session, now - timedelta(seconds=settings.agent_stale_after), now)
                 await _resume_paused(session, now)
-                handed_out = await assignments.hand_out_pending(session)
+                with_room = await assignments.agents_for_pending_work(session)
             await db.commit(session)
+        # Each in a transaction of its own, for the reason marking offline is (OFFLINE_BATCH).
+        for agent_id in with_room:
+            async with database.sessionmaker() as session:
+                if not await db.lead(session, SWEEP_LOCK):
+                    await session.rollback()
+                    break
+                handed_out += len(await assignments.dispatch_to(session, agent_id))
+                await db.commit(session)
     if offline:
         logger.info("agents_offline", count=offline)
     if handed_out:

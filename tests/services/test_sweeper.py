@@ -182,3 +182,42 @@ async def test_a_large_round_marks_each_agent_alone_holding_no_connection_across
     assert statuses.pop(str(revived[0])) == "online"
     assert set(statuses.values()) == {"offline"}
     assert (await _event_types(app)).count("agent.offline") == len(fleet) - 1
+
+
+async def test_pending_work_goes_to_each_agent_with_room_in_a_transaction_of_its_own(
+    client: QuartClient, app: Switchboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work that waits while agents have room goes out at the next round, each agent's share in its own
+    transaction: handing work to an agent locks its row until the commit, and a transaction for the
+    whole round held every such row meanwhile."""
+    operator = await signed_in(client, "opal", "operator", app)
+    fleet = [await online_agent(client, operator, f"a{n}") for n in range(3)]
+    for agent_id, _ in fleet:
+        paused = await client.patch(f"/api/v1/agents/{agent_id}", json={"mode": "paused"}, headers=operator)
+        assert paused.status_code == 200
+    work = [await make_work(client, operator, f"job-{n}") for n in range(3)]
+    assert {item["status"] for item in work} == {"pending"}  # nobody active to take it
+    await background.loops_of(app).stop()
+    database: db.Database = app.extensions["db"]
+    async with database.engine.begin() as connection:  # behind the service: no dispatch on resuming
+        await connection.execute(text("UPDATE agents SET mode = 'active', pause_note = NULL"))
+    sessions: list[AsyncSession] = []
+    dispatch = sweeper.assignments.dispatch_to
+
+    async def dispatching(session: AsyncSession, agent_id: uuid.UUID, *rest: Any) -> Any:
+        sessions.append(session)
+        return await dispatch(session, agent_id, *rest)
+
+    monkeypatch.setattr(sweeper.assignments, "dispatch_to", dispatching)
+    await _sweep(app, timedelta(0))
+    assert len(sessions) == 3
+    assert len({id(session) for session in sessions}) == 3  # one each
+    holders = {(await _work(client, operator, item["id"]))["agent_id"] for item in work}
+    assert holders == {agent_id for agent_id, _ in fleet}
+
+
+async def _work(client: QuartClient, headers: dict[str, str], work_id: str) -> dict[str, Any]:
+    response = await client.get(f"/api/v1/assignments/{work_id}", headers=headers)
+    assert response.status_code == 200
+    data: dict[str, Any] = (await response.get_json())["data"]
+    return data
