@@ -217,7 +217,14 @@ class Driver:
         return act
 
     def _agent(self, n: int) -> Act:
-        """An agent beats; the answer lists its open work, which it starts and completes now and then."""
+        """An agent beats; the answer lists its open work, which it starts and completes now and then.
+
+        Agent users are those with n % 5 in (3, 4), each driving seeded agent n % len(agents): with 500
+        users and 200 seeded agents that is 80 agents, two or three users each. The other 120 fall
+        silent once the run starts and the sweeper marks them offline mid-run, a rack lost at once; kept
+        so, since that round is what showed the sweeper holding live agents' rows too long
+        (docs/reliability.md).
+        """
         agent_id, headers = self.crowd.agents[n % len(self.crowd.agents)]
 
         async def act(http: httpx.AsyncClient) -> None:
