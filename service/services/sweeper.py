@@ -74,15 +74,16 @@ async def sweep(
         if not leading:
             break
     if leading:
-        with_room: Sequence[uuid.UUID] = []
+        with_room: list[uuid.UUID] = []
         async with database.sessionmaker() as session:
             if await db.lead(session, SWEEP_LOCK):
                 await _mark_stale(session, now - timedelta(seconds=settings.agent_stale_after), now)
-                await _resume_paused(session, now)
-                with_room = await assignments.agents_for_pending_work(session)
+                with_room = await _resume_paused(session, now)
+                with_room += await assignments.agents_for_pending_work(session)
             await db.commit(session)
-        # Each in a transaction of its own, for the reason marking offline is (OFFLINE_BATCH).
-        for agent_id in with_room:
+        # Each in a transaction of its own, for the reason marking offline is (OFFLINE_BATCH). Work that
+        # a crash here leaves pending goes out at the next round.
+        for agent_id in dict.fromkeys(with_room):
             async with database.sessionmaker() as session:
                 if not await db.lead(session, SWEEP_LOCK):
                     await session.rollback()
@@ -170,13 +171,14 @@ async def _mark_stale(session: AsyncSession, deadline: datetime, now: datetime) 
         )
 
 
-async def _resume_paused(session: AsyncSession, now: datetime) -> None:
+async def _resume_paused(session: AsyncSession, now: datetime) -> list[uuid.UUID]:
+    """Resume the paused agents whose time has come; returns them, for pending work to follow."""
     resumed = await _RESUME_PAUSED(session, now=now)
     for agent in resumed:
         agents.record_event(
             session, "agent.status_changed", agent, **{"from": states.PAUSED, "to": agent.status}
         )
-        await assignments.dispatch_to(session, agent.id)
+    return [agent.id for agent in resumed]
 
 
 def init_app(app: Quart, settings: Settings) -> None:

@@ -216,6 +216,38 @@ async def test_pending_work_goes_to_each_agent_with_room_in_a_transaction_of_its
     assert holders == {agent_id for agent_id, _ in fleet}
 
 
+async def test_an_agent_resumed_on_time_gets_its_work_in_a_transaction_of_its_own(
+    client: QuartClient, app: Switchboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming agents and giving them work are separate transactions: the resume's one statement locks
+    every agent due, and holding those rows while each one's work was placed made their requests wait."""
+    operator = await signed_in(client, "opal", "operator", app)
+    fleet = [await online_agent(client, operator, f"a{n}") for n in range(2)]
+    resume_at = (datetime.now(UTC) + timedelta(seconds=20)).isoformat()
+    for agent_id, _ in fleet:
+        paused = await client.patch(
+            f"/api/v1/agents/{agent_id}", json={"mode": "paused", "resume_at": resume_at}, headers=operator
+        )
+        assert paused.status_code == 200
+    work = [await make_work(client, operator, f"job-{n}") for n in range(2)]
+    for agent_id, token in fleet:
+        await beat(client, agent_id, token)  # still beating, still paused
+    await background.loops_of(app).stop()
+    sessions: list[AsyncSession] = []
+    dispatch = sweeper.assignments.dispatch_to
+
+    async def dispatching(session: AsyncSession, agent_id: uuid.UUID, *rest: Any) -> Any:
+        sessions.append(session)
+        return await dispatch(session, agent_id, *rest)
+
+    monkeypatch.setattr(sweeper.assignments, "dispatch_to", dispatching)
+    await _sweep(app, timedelta(seconds=25))
+    assert len(sessions) == 2
+    assert len({id(session) for session in sessions}) == 2  # one each, and not the resume's
+    holders = {(await _work(client, operator, item["id"]))["agent_id"] for item in work}
+    assert holders == {agent_id for agent_id, _ in fleet}
+
+
 async def _work(client: QuartClient, headers: dict[str, str], work_id: str) -> dict[str, Any]:
     response = await client.get(f"/api/v1/assignments/{work_id}", headers=headers)
     assert response.status_code == 200
