@@ -201,14 +201,7 @@ async def test_pending_work_goes_to_each_agent_with_room_in_a_transaction_of_its
     database: db.Database = app.extensions["db"]
     async with database.engine.begin() as connection:  # behind the service: no dispatch on resuming
         await connection.execute(text("UPDATE agents SET mode = 'active', pause_note = NULL"))
-    sessions: list[AsyncSession] = []
-    dispatch = sweeper.assignments.dispatch_to
-
-    async def dispatching(session: AsyncSession, agent_id: uuid.UUID, *rest: Any) -> Any:
-        sessions.append(session)
-        return await dispatch(session, agent_id, *rest)
-
-    monkeypatch.setattr(sweeper.assignments, "dispatch_to", dispatching)
+    sessions = _dispatch_sessions(monkeypatch)
     await _sweep(app, timedelta(0))
     assert len(sessions) == 3
     assert len({id(session) for session in sessions}) == 3  # one each
@@ -233,6 +226,16 @@ async def test_an_agent_resumed_on_time_gets_its_work_in_a_transaction_of_its_ow
     for agent_id, token in fleet:
         await beat(client, agent_id, token)  # still beating, still paused
     await background.loops_of(app).stop()
+    sessions = _dispatch_sessions(monkeypatch)
+    await _sweep(app, timedelta(seconds=25))
+    assert len(sessions) == 2
+    assert len({id(session) for session in sessions}) == 2  # one each, and not the resume's
+    holders = {(await _work(client, operator, item["id"]))["agent_id"] for item in work}
+    assert holders == {agent_id for agent_id, _ in fleet}
+
+
+def _dispatch_sessions(monkeypatch: pytest.MonkeyPatch) -> list[AsyncSession]:
+    """The session of each call the sweeper makes to hand an agent work (dispatch_to), from now on."""
     sessions: list[AsyncSession] = []
     dispatch = sweeper.assignments.dispatch_to
 
@@ -241,11 +244,7 @@ async def test_an_agent_resumed_on_time_gets_its_work_in_a_transaction_of_its_ow
         return await dispatch(session, agent_id, *rest)
 
     monkeypatch.setattr(sweeper.assignments, "dispatch_to", dispatching)
-    await _sweep(app, timedelta(seconds=25))
-    assert len(sessions) == 2
-    assert len({id(session) for session in sessions}) == 2  # one each, and not the resume's
-    holders = {(await _work(client, operator, item["id"]))["agent_id"] for item in work}
-    assert holders == {agent_id for agent_id, _ in fleet}
+    return sessions
 
 
 async def _work(client: QuartClient, headers: dict[str, str], work_id: str) -> dict[str, Any]:
