@@ -327,15 +327,16 @@ async def _close_request_session(_: BaseException | None) -> None:
     # A session that holds no transaction holds no connection: closing it would only detach its objects,
     # at the cost of a greenlet switch (more than making the session did). Requests served from the
     # caches open their sessions and never use them.
-    # The reader's connection holds no transaction: returning it to the pool sends nothing.
+    # The reader is in autocommit: returning its connection to the pool sends nothing.
     reader: AsyncSession | None = g.pop("db_reader", None)
     if reader is not None and reader.in_transaction():
         await reader.close()
     # Closing rolls back whatever was not committed: a failed handler leaves no partial writes.
     current: AsyncSession | None = g.pop("db_session", None)
-    if current is None or not (current.in_transaction() or g.get("db_session_abandoned")):
+    abandoned: bool = g.pop("db_session_abandoned", False)
+    if current is None or not (abandoned or current.in_transaction()):
         return
-    if g.pop("db_session_abandoned", False):
+    if abandoned:
         await current.invalidate()
         return
     try:

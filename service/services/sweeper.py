@@ -10,7 +10,8 @@ to another agent, or waits. An agent that finishes a job while marked offline ge
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from quart import Quart
@@ -61,40 +62,48 @@ async def sweep(
         # Beats that came while the earlier agents were marked spare their agents.
         beats = await presence_store.last(row.id for row in chunk)
         for row in _silent(chunk, beats, deadline):
-            async with database.sessionmaker() as session:
-                leading = await db.lead(session, SWEEP_LOCK)
-                if not leading:
-                    await session.rollback()
+            async with _as_sweeper(database) as session:
+                leading = session is not None
+                if session is None:
                     break
                 beat = beats.get(row.id)
                 last_seen = beat.at if beat is not None else row.last_heartbeat_at
                 if await _mark_offline(session, row.id, last_seen, row.reported_status, now):
                     offline += 1
-                await db.commit(session)
         if not leading:
             break
     if leading:
         with_room: list[uuid.UUID] = []
-        async with database.sessionmaker() as session:
-            if await db.lead(session, SWEEP_LOCK):
+        async with _as_sweeper(database) as session:
+            if session is not None:
                 await _mark_stale(session, now - timedelta(seconds=settings.agent_stale_after), now)
                 with_room = await _resume_paused(session, now)
                 with_room += await assignments.agents_for_pending_work(session)
-            await db.commit(session)
         # Each in a transaction of its own, for the reason marking offline is (OFFLINE_BATCH). Work that
         # a crash here leaves pending goes out at the next round.
         for agent_id in dict.fromkeys(with_room):
-            async with database.sessionmaker() as session:
-                if not await db.lead(session, SWEEP_LOCK):
-                    await session.rollback()
+            async with _as_sweeper(database) as session:
+                if session is None:
                     break
                 handed_out += len(await assignments.dispatch_to(session, agent_id))
-                await db.commit(session)
     if offline:
         logger.info("agents_offline", count=offline)
     if handed_out:
         logger.info("pending_work_handed_out", count=handed_out)
     return False
+
+
+@asynccontextmanager
+async def _as_sweeper(database: db.Database) -> AsyncIterator[AsyncSession | None]:
+    """A transaction holding the sweeper's lock, committed at the end of the block (and what waits for
+    the commit run); None, with nothing to do, when another instance is sweeping."""
+    async with database.sessionmaker() as session:
+        if not await db.lead(session, SWEEP_LOCK):
+            await session.rollback()
+            yield None
+            return
+        yield session
+        await db.commit(session)
 
 
 # The agents that should be beating, with what the database knows of their last sign of life.
