@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
+import pytest
 from quart.testing import QuartClient
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from service import background, db
 from service.application import Switchboard
 from service.events import outbox
+from service.events.broker import BrokerUnavailable, Envelope
 from service.events.memory_broker import MemoryBroker
 from service.models.events import OutboxEvent
 
@@ -130,6 +133,46 @@ async def test_a_relay_round_reads_its_batch_and_the_newest_id_in_one_statement(
     assert await _newest_published(database) > first
     reads = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT") and "outbox_events" in sql]
     assert len(reads) == 1, reads
+
+
+class AnswerLost(MemoryBroker):
+    """Appends, but the relay never hears back: Redis was killed just after running the append."""
+
+    async def append(self, envelopes: Sequence[Envelope]) -> list[str]:
+        await super().append(envelopes)
+        raise BrokerUnavailable("connection lost")
+
+
+async def _event_ids(database: db.Database) -> dict[int, tuple[str | None, bool]]:
+    async with database.sessionmaker() as session:
+        rows = (await session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))).all()
+    return {row.id: (row.event_id, row.published_at is not None) for row in rows}
+
+
+async def test_events_whose_append_went_unanswered_keep_their_ids_when_sent_again(make_app: AppMaker) -> None:
+    """Subscribers may have had them: after the log is lost too, they go out again under the same ids,
+    so no subscriber sees one event twice under two ids (and a resume from either id holds)."""
+    app = await make_app(relay_interval=60)
+    database: db.Database = app.extensions["db"]
+    await asyncio.sleep(0.05)  # the loop's first round is done
+    for n in range(2):
+        await _record_unannounced(database, n)
+    lost = AnswerLost()
+    with pytest.raises(BrokerUnavailable):
+        await outbox.relay(database, lost)
+    seen = [event.id for event in await lost.replay("0")]  # what its subscribers were sent
+    assert len(seen) == 2
+    numbered = await _event_ids(database)
+    assert [event_id for event_id, _ in numbered.values()] == seen
+    assert not any(published for _, published in numbered.values())
+
+    await _record_unannounced(database, 2)
+    again = MemoryBroker()  # the log lost as well: Redis restarted empty
+    assert await outbox.relay(database, again) is False
+    published = await _event_ids(database)
+    assert all(done for _, done in published.values())
+    assert [event_id for event_id, _ in published.values()][:2] == seen
+    assert [event.id for event in await again.replay("0")] == [event_id for event_id, _ in published.values()]
 
 
 async def test_stop_ends_a_loop_whose_round_swallowed_the_cancellation() -> None:

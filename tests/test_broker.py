@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -26,6 +27,8 @@ from service.events.broker import (
     SubscriberLagged,
     encode_data,
     event_id_key,
+    following,
+    format_event_id,
     make_event,
 )
 from service.events.memory_broker import MemoryBroker
@@ -108,8 +111,18 @@ async def watching(
         yield stream
 
 
+_newest = [(0, 0)]
+
+
+def next_key() -> tuple[int, int]:
+    """An id above every one given before, as the relay gives them."""
+    _newest[0] = following(_newest[0], time.time_ns() // 1_000_000)
+    return _newest[0]
+
+
 def envelope(n: int, topic: str | None = "a1") -> Envelope:
-    return Envelope(outbox_id=n, type="agent.status_changed", data={"n": n}, topic=topic)
+    """Outbox row `n`, numbered with a new id."""
+    return Envelope(n, "agent.status_changed", {"n": n}, topic, next_key())
 
 
 def numbers(events: Sequence[Event]) -> list[int]:
@@ -136,14 +149,14 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 # The contract, for both brokers.
 
 
-async def test_append_returns_increasing_ids(broker: Broker) -> None:
-    ids = await broker.append([envelope(n) for n in range(5)])
-    ids += await broker.append([envelope(n) for n in range(5, 8)])
+async def test_events_are_appended_under_the_ids_they_were_given(broker: Broker) -> None:
+    first = [envelope(n) for n in range(5)]
+    second = [envelope(n) for n in range(5, 8)]
+    ids = await broker.append(first)
+    ids += await broker.append(second)
 
-    keys = [event_id_key(event_id) for event_id in ids if event_id is not None]
-    assert len(keys) == 8
-    assert keys == sorted(keys)
-    assert len(set(keys)) == 8
+    assert ids == [format_event_id(item.key) for item in first + second]
+    assert [event.id for event in await broker.replay("0")] == ids
 
 
 async def test_subscribers_get_their_topics_and_everything_subscribers_get_all(broker: Broker) -> None:
@@ -177,7 +190,7 @@ async def test_events_arrive_in_append_order(broker: Broker) -> None:
 async def test_every_subscriber_shares_one_encoded_event(broker: Broker) -> None:
     async with watching(broker, frozenset({"a1"})) as first, watching(broker, None) as second:
         [event_id] = await broker.append(
-            [Envelope(outbox_id=1, type="agent.status_changed", data={"to": "busy", "é": 1}, topic="a1")]
+            [Envelope(1, "agent.status_changed", {"to": "busy", "é": 1}, "a1", next_key())]
         )
         [seen_first], [seen_second] = await take(first, 1), await take(second, 1)
 
@@ -235,30 +248,41 @@ async def test_catching_up_reads_a_long_gap_page_by_page(broker: Broker) -> None
     assert numbers(got) == list(range(count))
 
 
-async def test_duplicate_outbox_id_is_appended_and_delivered_once(broker: Broker) -> None:
+async def test_an_append_repeated_with_the_same_ids_appends_and_delivers_nothing_twice(
+    broker: Broker,
+) -> None:
+    """The relay repeats an append whose answer it lost (some of it may be in the log) with the same ids."""
+    one, two, three = envelope(1), envelope(2), envelope(3)
     async with watching(broker, None) as stream:
-        [first] = await broker.append([envelope(1)])
-        again = await broker.append([envelope(1), envelope(2)])
-        same_batch = await broker.append([envelope(3), envelope(3)])
+        first = await broker.append([one])
+        again = await broker.append([one, two])
+        same_batch = await broker.append([three, three])
         got = await take(stream, 3)
         await broker.append([envelope(4)])
         got += await take(stream, 1)
 
-    # A duplicate gets the id of the first append: the relay records that id whichever append counted.
-    assert again[0] == first
-    assert same_batch[1] == same_batch[0]
-    assert len({first, again[1], same_batch[0]}) == 3
+    assert again[0] == first[0] == format_event_id(one.key)
+    assert same_batch[0] == same_batch[1] == format_event_id(three.key)
     assert numbers(got) == [1, 2, 3, 4]
     assert numbers(await broker.replay("0")) == [1, 2, 3, 4]
 
 
-async def test_a_reused_outbox_id_with_new_content_is_a_new_event(broker: Broker) -> None:
-    """A database restored from a backup gives its row ids out again: the new event must still go out."""
-    [first] = await broker.append([envelope(1)])
-    [reused] = await broker.append([Envelope(outbox_id=1, type="agent.updated", data={"n": 2}, topic="a1")])
+@pytest.mark.parametrize("behind", ["same id, other event", "an id never held"])
+async def test_an_id_the_log_went_past_without_holding_it_gets_a_new_one(broker: Broker, behind: str) -> None:
+    """A database restored from a backup gives its ids out again: the new event must still go out, once."""
+    older = envelope(1)
+    async with watching(broker, None) as stream:
+        [held] = await broker.append([envelope(2)])
+        if behind == "same id, other event":
+            late = Envelope(2, "agent.updated", {"n": 5}, "a1", event_id_key(held))
+        else:
+            late = Envelope(5, "agent.updated", {"n": 5}, "a1", older.key)
+        [given] = await broker.append([late])
+        got = await take(stream, 2)
 
-    assert reused != first
-    assert numbers(await broker.replay("0")) == [1, 2]
+    assert event_id_key(given) > event_id_key(held)
+    assert [(event.id, event.data) for event in got] == [(held, {"n": 2}), (given, {"n": 5})]
+    assert numbers(await broker.replay("0")) == [2, 5]
 
 
 async def test_leaving_a_subscription_unregisters_it(broker: Broker) -> None:
@@ -373,7 +397,7 @@ def test_event_ids_compare_as_numbers() -> None:
 
 
 async def test_an_event_type_that_breaks_sse_framing_appends_nothing(broker: Broker) -> None:
-    bad = Envelope(outbox_id=2, type="x\ndata: injected", data={}, topic="a1")
+    bad = Envelope(2, "x\ndata: injected", {}, "a1", next_key())
     with pytest.raises(ValueError, match="event type"):
         await broker.append([envelope(1), bad])
     assert await broker.replay("0") == []
@@ -387,10 +411,9 @@ class ListArchive:
         self.events: list[Event] = []
 
     async def append(self, broker: Broker, envelopes: Sequence[Envelope]) -> list[str]:
-        # As the relay does: ids above the newest recorded, even from a log that restarted empty.
-        ids = await broker.append(envelopes, after=self.events[-1].key if self.events else (0, 0))
+        ids = await broker.append(envelopes)
         for item, event_id in zip(envelopes, ids, strict=True):
-            self.events.append(make_event(event_id, item.type, item.topic, encode_data(item)))
+            self.events.append(make_event(event_id, item.type, item.topic, encode_data(item.type, item.data)))
         return ids
 
     async def __call__(
@@ -560,6 +583,23 @@ if REDIS_URL:
         with pytest.raises(SubscriberLagged):
             await writer.replay(old[0])
         assert await writer.replay("0") == []
+
+    async def test_an_append_repeated_after_redis_lost_its_stream_keeps_its_ids(brokers: Brokers) -> None:
+        """The relay's append reached Redis and its listeners, the answer was lost, and Redis restarted
+        empty: repeated under the same ids, no listener delivers those events twice."""
+        reader, writer = await brokers.redis(), await brokers.redis()
+        sent = [envelope(0), envelope(1)]
+        async with watching(reader, None) as live:
+            await writer.append(sent)  # what the relay never heard back from
+            got = await take(live, 2)
+            await brokers.client().delete(brokers.prefix)
+            late = envelope(2)
+            again = await writer.append([*sent, late])
+            got += await take(live, 1)
+
+        assert again == [format_event_id(item.key) for item in [*sent, late]]
+        assert [event.id for event in got] == again
+        assert numbers(await writer.replay("0")) == [0, 1, 2]
 
     async def _listener_id(admin: Redis, name: str) -> str:
         """The Redis client id of the listener connection called `name`, once it is connected."""

@@ -16,7 +16,6 @@ from sqlalchemy.orm import aliased
 from service import db
 from service.events.broker import (
     BrokerUnavailable,
-    Envelope,
     Event,
     SubscriberLagged,
     encode_data,
@@ -31,7 +30,7 @@ _event_key = tuple_(OutboxEvent.event_ms, OutboxEvent.event_seq)
 def as_event(row: OutboxEvent) -> Event:
     """The event a subscriber received for this published row, frame and all."""
     assert row.event_id is not None
-    data_json = encode_data(Envelope(row.id, row.type, row.data, row.topic))
+    data_json = encode_data(row.type, row.data)
     return make_event(row.event_id, row.type, row.topic, data_json)
 
 
@@ -94,8 +93,10 @@ class OutboxArchive:
                     raise SubscriberLagged(
                         f"the archive no longer holds the events after {format_event_id(after)}"
                     )
+                # Published only: a row numbered but not yet appended may still get another id (see
+                # Broker.append), and until it is appended, the log has not gone past it.
                 query = select(OutboxEvent).where(
-                    OutboxEvent.event_ms.is_not(None), _event_key > tuple_(*after)
+                    OutboxEvent.published_at.is_not(None), _event_key > tuple_(*after)
                 )
                 if before is not None:
                     query = query.where(_event_key < tuple_(*before))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -38,13 +37,15 @@ class SubscriberLagged(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """What the outbox relay hands over: one committed outbox row."""
+    """What the outbox relay hands over: one committed outbox row and the id committed with it."""
 
     outbox_id: int
     type: str
     data: dict[str, Any]
     # What subscribers filter on (an agent id); None reaches only the "everything" subscribers.
     topic: str | None
+    # The event id as (ms, seq), given by the relay and committed before the append (see `Broker.append`).
+    key: tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,26 +93,22 @@ def predecessor(key: tuple[int, int]) -> tuple[int, int]:
     return 0, 0
 
 
-def dedupe_key(envelope: Envelope, data_json: str) -> str:
-    """What recognises an envelope appended before: its outbox id and a digest of its content.
-
-    The id alone is not enough: a database restored from a backup gives its ids out again, and a new event
-    that reused one would pass for the old one and never be sent.
-    """
-    digest = hashlib.blake2b(f"{envelope.type}\n{data_json}".encode(), digest_size=8).hexdigest()
-    return f"{envelope.outbox_id}:{digest}"
+def following(last: tuple[int, int], now_ms: int) -> tuple[int, int]:
+    """The next id after `last` at clock time `now_ms`: the time while it moves on, else the sequence
+    (so ids keep increasing within a millisecond and when a clock is behind the last id given)."""
+    return (now_ms, 0) if now_ms > last[0] else (last[0], last[1] + 1)
 
 
-def encode_data(envelope: Envelope) -> str:
-    """The envelope's data as compact JSON text: the one encoding every process decodes.
+def encode_data(type_: str, data: dict[str, Any]) -> str:
+    """An event's data as compact JSON text: the one encoding every process decodes.
 
     Raises:
         ValueError: the type could break the SSE framing, or the data is not JSON.
         TypeError: the data holds values JSON cannot represent.
     """
-    if not envelope.type or "\n" in envelope.type or "\r" in envelope.type:
-        raise ValueError(f"invalid event type: {envelope.type!r}")
-    return json.dumps(envelope.data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not type_ or "\n" in type_ or "\r" in type_:
+        raise ValueError(f"invalid event type: {type_!r}")
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def make_event(event_id: str, type_: str, topic: str | None, data_json: str) -> Event:
@@ -143,16 +140,18 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Stop delivering; idempotent."""
 
-    async def append(self, envelopes: Sequence[Envelope], *, after: tuple[int, int] = (0, 0)) -> list[str]:
-        """Append to the log in order and deliver to live subscribers of every process.
+    async def append(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """Append to the log, each envelope under its own `key` (increasing), and deliver to the live
+        subscribers of every process. Returns the event id each envelope has in the log.
 
-        Returns the event id per envelope, each above `after` (the newest id the caller knows was ever
-        given: a log that restarted empty must not give an id twice or go back in time). An outbox id
-        appended before (within the dedupe window) is not appended again and comes back with its id.
+        The ids are the caller's, committed before the append, so an append whose answer was lost can be
+        repeated with the same ids, whatever the log kept: an envelope the log already holds under its id
+        is not appended again; one whose id the log has gone past without holding it (a database restored
+        from a backup, a clock far behind) is appended under a new id above the log's newest, returned.
 
         Raises:
-            BrokerUnavailable: the log cannot be reached. Retry the same envelopes later: any that did
-                get appended are recognised by their outbox id.
+            BrokerUnavailable: the log cannot be reached; some envelopes may have been appended. Retry
+                the same envelopes (same ids) later.
         """
 
     def subscribe(self, topics: frozenset[str] | None, *, maxsize: int = 256) -> Subscription:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from operator import attrgetter
 
@@ -15,8 +15,8 @@ from service.events.broker import (
     Event,
     LogBroker,
     SubscriberLagged,
-    dedupe_key,
     encode_data,
+    following,
     format_event_id,
     make_event,
     predecessor,
@@ -28,18 +28,13 @@ _key = attrgetter("key")
 class MemoryBroker(LogBroker):
     """Events in a bounded in-process log, delivered to subscribers as they are appended."""
 
-    def __init__(
-        self, *, maxlen: int = 100_000, dedupe_size: int = 100_000, archive: Archive | None = None
-    ) -> None:
+    def __init__(self, *, maxlen: int = 100_000, archive: Archive | None = None) -> None:
         self._log: deque[Event] = deque(maxlen=maxlen)
         # The newest id the ring has dropped: a replay from below it would have a hole.
         self._trimmed_through: tuple[int, int] = (0, 0)
         # Ids below this are an earlier process's (ids are times): this ring never held them.
         self._origin = predecessor((time.time_ns() // 1_000_000, 0))
         self._last_key: tuple[int, int] = (0, 0)
-        # Dedupe key -> the event id it got, so a relay that appends twice gets the same id back.
-        self._appended: OrderedDict[str, str] = OrderedDict()
-        self._dedupe_size = dedupe_size
         super().__init__(archive)
 
     async def start(self) -> None:
@@ -48,21 +43,21 @@ class MemoryBroker(LogBroker):
     async def close(self) -> None:
         """Nothing to release."""
 
-    async def append(self, envelopes: Sequence[Envelope], *, after: tuple[int, int] = (0, 0)) -> list[str]:
-        """Append in order, with ids above `after`, and deliver to this process's subscribers; an outbox id
-        seen before keeps the id it got then and is not appended again."""
-        self._last_key = max(self._last_key, after)
+    async def append(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """Append each envelope under its key and deliver it to this process's subscribers (see
+        `Broker.append` for an id the ring has gone past)."""
         # Encode everything first, so a bad envelope appends nothing of its batch.
-        encoded = [encode_data(envelope) for envelope in envelopes]
+        encoded = [encode_data(envelope.type, envelope.data) for envelope in envelopes]
         ids: list[str] = []
         for envelope, data_json in zip(envelopes, encoded, strict=True):
-            key = dedupe_key(envelope, data_json)
-            seen = self._appended.get(key)
-            if seen is not None:
-                ids.append(seen)
-                continue
-            event = make_event(format_event_id(self._next_key()), envelope.type, envelope.topic, data_json)
-            self._remember(key, event.id)
+            event = make_event(format_event_id(envelope.key), envelope.type, envelope.topic, data_json)
+            if envelope.key <= self._last_key:
+                if self._holds(event):
+                    ids.append(event.id)
+                    continue
+                key = following(self._last_key, time.time_ns() // 1_000_000)
+                event = make_event(format_event_id(key), envelope.type, envelope.topic, data_json)
+            self._last_key = event.key
             if len(self._log) == self._log.maxlen:
                 self._trimmed_through = self._log[0].key
             self._log.append(event)
@@ -83,14 +78,7 @@ class MemoryBroker(LogBroker):
     async def _first_key(self) -> tuple[int, int] | None:
         return self._log[0].key if self._log else None
 
-    def _next_key(self) -> tuple[int, int]:
-        """A Redis-like id: milliseconds, then a sequence that keeps ids strictly increasing."""
-        ms = time.time_ns() // 1_000_000
-        last_ms, last_seq = self._last_key
-        self._last_key = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
-        return self._last_key
-
-    def _remember(self, key: str, event_id: str) -> None:
-        self._appended[key] = event_id
-        if len(self._appended) > self._dedupe_size:
-            self._appended.popitem(last=False)
+    def _holds(self, event: Event) -> bool:
+        """Whether the ring holds this very event (same id, type and data) already."""
+        at = bisect.bisect_left(self._log, event.key, key=_key)
+        return at < len(self._log) and self._log[at].frame == event.frame

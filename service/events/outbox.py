@@ -1,25 +1,30 @@
 """Recording events in the outbox (in the caller's transaction) and relaying them to the broker.
 
-The relay is the one place event order is decided: it hands committed rows to the broker's log in row
-order, and the log's id is the public one. A row committed late is relayed late and gets a later id, so
-a subscriber resuming after any id can never miss it.
+The relay is the one place event order is decided: it gives committed rows their public ids, in row
+order, and hands them to the broker's log. A row committed late is relayed late and gets a later id, so a
+subscriber resuming after any id can never miss it.
+
+The ids are committed before the append. An append whose answer is lost (Redis killed just then) may
+still have reached subscribers; the next round appends the same rows again under the same ids, so those
+subscribers never see the event twice under two ids, even when Redis lost its log meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from quart import Quart, current_app, has_app_context
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import background, config, db, log, metrics, request_ids
 from service.config import Settings
 from service.events import archive
-from service.events.broker import Broker, Envelope, event_id_key
+from service.events.broker import Broker, Envelope, event_id_key, following
 from service.events.memory_broker import MemoryBroker
 from service.events.redis_broker import RedisBroker
 from service.models.events import OutboxEvent
@@ -64,44 +69,75 @@ async def relay(database: db.Database, broker: Broker, batch: int = 500) -> bool
     another process held the relay lock).
 
     Raises:
-        BrokerUnavailable: Redis is down; the rows stay unpublished and the next round retries them.
+        BrokerUnavailable: Redis is down; the rows stay unpublished (with their ids) and the next round
+            retries them.
     """
-    async with database.sessionmaker() as session, session.begin():
-        if await db.lead(session, RELAY_LOCK):
-            return await _relay_batch(session, broker, batch)
-    # Another process is relaying and may have read the outbox before our latest commit: try again
-    # shortly (the lock is held for one round) rather than leave that event to the next poll.
-    await asyncio.sleep(LEADER_RETRY_SECONDS)
-    return True
+    async with database.sessionmaker() as session:
+        async with session.begin():
+            leading = await db.lead(session, RELAY_LOCK)
+            envelopes = await _number_batch(session, batch) if leading else []
+        if not leading:
+            # Another process is relaying and may have read the outbox before our latest commit: try again
+            # shortly (the lock is held while a round numbers its batch), not at the next poll.
+            await asyncio.sleep(LEADER_RETRY_SECONDS)
+            return True
+        if not envelopes:
+            return False
+        # No lock held from here: any relay appends every numbered, unpublished row in id order, and the
+        # log takes an id it already holds for the same event as done (see Broker.append).
+        ids = await broker.append(envelopes)
+        metrics.events_published_total.inc(len(ids))
+        async with session.begin():
+            await _mark_published(session, envelopes, ids)
+    return len(envelopes) == batch
 
 
-# Built once (see db.ConditionalUpdate): the relay runs after every commit that records an event. Each
-# row carries the newest id given so far (read in the same statement: a round trip less per round).
+# Built once (see db.ConditionalUpdate): the relay runs after every commit that records an event. Rows
+# numbered by an earlier round whose append failed come first, in id order, then the new ones in row
+# order; each row carries the newest id given so far (read in the same statement: a round trip less).
 _UNPUBLISHED = (
     select(OutboxEvent, *archive.newest_key_columns())
     .where(OutboxEvent.published_at.is_(None))
-    .order_by(OutboxEvent.id)
+    .order_by(OutboxEvent.event_ms.is_(None), OutboxEvent.event_ms, OutboxEvent.event_seq, OutboxEvent.id)
     .limit(bindparam("batch"))
+)
+_PUBLISHED = (
+    update(OutboxEvent)
+    .where(OutboxEvent.id.in_(bindparam("ids", expanding=True)))
+    .values(published_at=bindparam("now"))
+    # Nothing in the session to bring up to date: the rows' objects are not read again.
+    .execution_options(synchronize_session=False)
 )
 
 
-async def _relay_batch(session: AsyncSession, broker: Broker, batch: int) -> bool:
+async def _number_batch(session: AsyncSession, batch: int) -> list[Envelope]:
+    """The next batch to publish, each row given its id (committed with the caller's transaction)."""
     found = (await session.execute(_UNPUBLISHED, {"batch": batch})).all()
     if not found:
-        return False
-    rows = [row for row, _, _ in found]
+        return []
     newest_ms, newest_seq = found[0][1], found[0][2]
-    envelopes = [Envelope(row.id, row.type, row.data, row.topic) for row in rows]
     # Above the newest id ever given: a log that restarted empty must not reuse or go below one.
-    after = (newest_ms, newest_seq) if newest_ms is not None and newest_seq is not None else (0, 0)
-    ids = await broker.append(envelopes, after=after)
-    metrics.events_published_total.inc(len(ids))
-    now = datetime.now(UTC)
-    for row, event_id in zip(rows, ids, strict=True):
-        row.published_at = now
-        # The archive reads rows back by this id: what the broker's log loses is served from here.
-        row.event_ms, row.event_seq = event_id_key(event_id)
-    return len(rows) == batch
+    last = (newest_ms, newest_seq) if newest_ms is not None and newest_seq is not None else (0, 0)
+    now_ms = time.time_ns() // 1_000_000
+    envelopes = []
+    for row, _, _ in found:
+        if row.event_ms is None or row.event_seq is None:
+            last = following(last, now_ms)
+            # The archive reads rows back by this id: what the broker's log loses is served from here.
+            row.event_ms, row.event_seq = last
+        envelopes.append(Envelope(row.id, row.type, row.data, row.topic, (row.event_ms, row.event_seq)))
+    return envelopes
+
+
+async def _mark_published(session: AsyncSession, envelopes: list[Envelope], ids: list[str]) -> None:
+    await session.execute(
+        _PUBLISHED, {"ids": [envelope.outbox_id for envelope in envelopes], "now": datetime.now(UTC)}
+    )
+    for envelope, event_id in zip(envelopes, ids, strict=True):
+        key = event_id_key(event_id)
+        if key != envelope.key:  # the log gave a new id (see Broker.append): the archive must agree
+            row = await session.get_one(OutboxEvent, envelope.outbox_id)
+            row.event_ms, row.event_seq = key
 
 
 def open_broker(app: Quart, settings: Settings) -> Broker:

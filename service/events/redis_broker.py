@@ -34,7 +34,6 @@ from service.events.broker import (
     Event,
     LogBroker,
     SubscriberLagged,
-    dedupe_key,
     encode_data,
     event_id_key,
     format_event_id,
@@ -64,13 +63,11 @@ _MAX_KEY = (2**64 - 1, 2**64 - 1)
 # The `prev` of a stream's first entry: whatever came before it is unknown (see the module docstring).
 _ORIGIN = "*"
 
-# KEYS[1] is the stream, KEYS[2..] one dedupe key per envelope. ARGV: MAXLEN, "~" or "=", dedupe TTL in
-# seconds, the ms and seq of the newest id ever given (the caller's record), then five values per
-# envelope: outbox id, type, has topic ("1"/"0"), topic, data JSON.
-# The dedupe key holds the id the envelope got, set in the same script as the XADD: a relay that died after
-# appending finds it and gets that id back instead of appending again.
-# A new stream's first id must still exceed every id the lost stream gave (within its last millisecond, or
-# after the clock stepped back, Redis would start again from the clock): then it is given explicitly.
+# KEYS[1] is the stream. ARGV: MAXLEN, "~" or "=", then seven values per envelope: the ms and seq of its
+# id, outbox id, type, has topic ("1"/"0"), topic, data JSON.
+# Each envelope goes in under its own id while that is above the stream's newest. At or below it, the entry
+# the stream holds under that id is this very envelope (an append whose answer was lost, repeated), or the
+# stream went past an id it never held: then the envelope gets a new id from Redis, above the newest.
 _APPEND_LUA = """
 local prev = '*'
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -83,30 +80,35 @@ elseif redis.call('EXISTS', KEYS[1]) == 1 then
     if info[j] == 'last-generated-id' then prev = info[j + 1] end
   end
 end
+local function above(ms, seq, id)
+  local id_ms, id_seq = string.match(id, '^(%d+)-(%d+)$')
+  id_ms, id_seq = tonumber(id_ms), tonumber(id_seq)
+  return ms > id_ms or (ms == id_ms and seq > id_seq)
+end
+local function holds(id, a)
+  local found = redis.call('XRANGE', KEYS[1], id, id)
+  if #found == 0 then return false end
+  local fields = {}
+  local flat = found[1][2]
+  for j = 1, #flat, 2 do fields[flat[j]] = flat[j + 1] end
+  return fields['outbox'] == ARGV[a + 2] and fields['type'] == ARGV[a + 3] and fields['data'] == ARGV[a + 6]
+end
 local ids = {}
-for i = 2, #KEYS do
-  local a = 5 + (i - 2) * 5
-  local seen = redis.call('GET', KEYS[i])
-  if seen then
-    ids[i - 1] = seen
-  else
-    local fields = {'outbox', ARGV[a + 1], 'type', ARGV[a + 2], 'data', ARGV[a + 5], 'prev', prev}
-    if ARGV[a + 3] == '1' then
+for i = 1, (#ARGV - 2) / 7 do
+  local a = 3 + (i - 1) * 7
+  local id = ARGV[a] .. '-' .. ARGV[a + 1]
+  local fresh = prev == '*' or above(tonumber(ARGV[a]), tonumber(ARGV[a + 1]), prev)
+  if fresh or not holds(id, a) then
+    if not fresh then id = '*' end
+    local fields = {'outbox', ARGV[a + 2], 'type', ARGV[a + 3], 'data', ARGV[a + 6], 'prev', prev}
+    if ARGV[a + 4] == '1' then
       fields[#fields + 1] = 'topic'
-      fields[#fields + 1] = ARGV[a + 4]
+      fields[#fields + 1] = ARGV[a + 5]
     end
-    local id = '*'
-    if prev == '*' then
-      local now = redis.call('TIME')
-      local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-      if now_ms <= tonumber(ARGV[4]) then
-        id = ARGV[4] .. '-' .. string.format('%d', tonumber(ARGV[5]) + 1)
-      end
-    end
-    prev = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], ARGV[1], id, unpack(fields))
-    redis.call('SET', KEYS[i], prev, 'EX', ARGV[3])
-    ids[i - 1] = prev
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], ARGV[1], id, unpack(fields))
+    prev = id
   end
+  ids[i] = id
 end
 return ids
 """
@@ -134,7 +136,6 @@ class RedisBroker(LogBroker):
         stream_key: str = "sb:events",
         maxlen: int = 100_000,
         approximate: bool = True,
-        dedupe_ttl: int = 600,
         block_ms: int = 2000,
         retry_delay: float = 0.1,
         max_retry_delay: float = 5.0,
@@ -146,7 +147,6 @@ class RedisBroker(LogBroker):
         self._maxlen = maxlen
         # "~" trims whole stream nodes (cheap, keeps a little more than maxlen); "=" trims exactly.
         self._trim = "~" if approximate else "="
-        self._dedupe_ttl = dedupe_ttl
         self._block_ms = block_ms
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
@@ -184,19 +184,18 @@ class RedisBroker(LogBroker):
         if self._connection is not None:
             await self._connection.disconnect(nowait=True)
 
-    async def append(self, envelopes: Sequence[Envelope], *, after: tuple[int, int] = (0, 0)) -> list[str]:
-        """Append in order, with ids above `after`; an outbox id appended within the dedupe TTL gets the id
-        it got then.
+    async def append(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """Append each envelope under its key (see `Broker.append`), in scripts of a bounded size.
 
         Raises:
             BrokerUnavailable: Redis cannot be reached. Earlier chunks of a large batch may be in the log
-                already; appending the batch again skips them (their outbox ids are remembered).
+                already; appending the batch again finds them there.
         """
-        encoded = [encode_data(envelope) for envelope in envelopes]
+        encoded = [encode_data(envelope.type, envelope.data) for envelope in envelopes]
         ids: list[str] = []
         for start in range(0, len(envelopes), _APPEND_CHUNK):
             end = start + _APPEND_CHUNK
-            ids.extend(await self._append_chunk(envelopes[start:end], encoded[start:end], after))
+            ids.extend(await self._append_chunk(envelopes[start:end], encoded[start:end]))
         return ids
 
     async def trim(self, before_ms: int) -> None:
@@ -240,22 +239,14 @@ class RedisBroker(LogBroker):
         entry_id = first[0][0] if first else None
         return None if entry_id is None else event_id_key(redis_client.text(entry_id))
 
-    async def _append_chunk(
-        self, envelopes: Sequence[Envelope], encoded: Sequence[str], after: tuple[int, int]
-    ) -> list[str]:
-        keys = [
-            self._key,
-            *(
-                f"{self._key}:outbox:{dedupe_key(item, data)}"
-                for item, data in zip(envelopes, encoded, strict=True)
-            ),
-        ]
-        args: list[str | int] = [self._maxlen, self._trim, self._dedupe_ttl, *after]
+    async def _append_chunk(self, envelopes: Sequence[Envelope], encoded: Sequence[str]) -> list[str]:
+        args: list[str | int] = [self._maxlen, self._trim]
         for envelope, data_json in zip(envelopes, encoded, strict=True):
             has_topic = envelope.topic is not None
-            args += [envelope.outbox_id, envelope.type, int(has_topic), envelope.topic or "", data_json]
+            args += [*envelope.key, envelope.outbox_id, envelope.type, int(has_topic), envelope.topic or ""]
+            args.append(data_json)
         try:
-            reply = await self._append_script(keys=keys, args=args)
+            reply = await self._append_script(keys=[self._key], args=args)
         except _UNREACHABLE as exc:
             raise BrokerUnavailable(f"cannot append to the event stream: {exc}") from exc
         return [redis_client.text(item) for item in reply]

@@ -3,6 +3,7 @@ still needed (unpublished events, queued notifications, anything recent) is kept
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -150,7 +151,7 @@ async def test_a_large_backlog_goes_in_batches(make_app: AppMaker, monkeypatch: 
 
 async def test_the_log_is_trimmed_by_age(settings: Settings) -> None:
     broker = MemoryBroker()
-    await broker.append([Envelope(1, "agent.updated", {}, None)])
+    await broker.append([Envelope(1, "agent.updated", {}, None, (time.time_ns() // 1_000_000, 0))])
 
     await retention.trim_log(broker, settings, datetime.now(UTC))
     assert len(await broker.replay("0")) == 1
