@@ -43,6 +43,12 @@ async def _agent(client: QuartClient, headers: dict[str, str], agent_id: str) ->
     return data
 
 
+async def _listed(client: QuartClient, headers: dict[str, str]) -> dict[str, dict[str, Any]]:
+    response = await client.get("/api/v1/agents", headers=headers)
+    assert response.status_code == 200, await response.get_data()
+    return {agent["id"]: agent for agent in (await response.get_json())["data"]}
+
+
 async def _rename_behind_the_service(app: Switchboard, agent_id: str, name: str) -> None:
     """A change no session of the service makes: no version changes, so caches keep what they hold."""
     table = Agent.__table__
@@ -67,6 +73,38 @@ async def test_a_read_comes_from_the_cache_until_the_agent_changes(
     assert response.status_code == 200
     fresh = await _agent(client, operator, agent_id)
     assert (fresh["name"], fresh["max_concurrent"]) == ("renamed-in-sql", 3)  # read again after the change
+
+
+async def test_a_list_takes_cached_views_and_reads_only_the_rows_the_cache_misses(
+    client: QuartClient, app: Switchboard
+) -> None:
+    operator = await signed_in(client, "opal", "operator", app)
+    ada, _ = await online_agent(client, operator, "ada")
+    bob, _ = await online_agent(client, operator, "bob")
+    await background.loops_of(app).stop()  # the relay's statements would mix with the list's
+    await _listed(client, operator)  # both cached now
+    await _rename_behind_the_service(app, ada, "ada-in-sql")
+    await _rename_behind_the_service(app, bob, "bob-in-sql")
+
+    with statements(_engine(app)) as seen:
+        listed = await _listed(client, operator)
+    assert (listed[ada]["name"], listed[bob]["name"]) == ("ada", "bob")  # the versions did not change
+    assert len(seen) == 1  # which agents, and how many: no row is loaded
+    assert "agents.max_concurrent" not in seen[0]
+
+    patched = await client.patch(f"/api/v1/agents/{bob}", json={"max_concurrent": 3}, headers=operator)
+    assert patched.status_code == 200
+    with statements(_engine(app)) as seen:
+        listed = await _listed(client, operator)
+    assert (listed[ada]["name"], listed[bob]["name"], listed[bob]["max_concurrent"]) == (
+        "ada",
+        "bob-in-sql",
+        3,
+    )
+    assert listed[bob] == await _agent(client, operator, bob)
+    loads = [sql for sql in seen if "agents.max_concurrent" in sql]
+    assert len(loads) == 1  # bob's row alone, the one whose version changed
+    assert "IN" in loads[0]
 
 
 async def test_a_cached_read_still_shows_the_latest_beat(client: QuartClient, app: Switchboard) -> None:
@@ -249,7 +287,9 @@ if REDIS_URL is not None:  # two processes share versions through Redis only
         agent_id, token = await online_agent(writes, operator, "ada")
 
         async def shown() -> dict[str, Any]:
-            return await _agent(reads, operator, agent_id)
+            one = await _agent(reads, operator, agent_id)
+            assert (await _listed(reads, operator))[agent_id] == one  # a list takes the same cache
+            return one
 
         assert (await shown())["name"] == "ada"  # now cached in the reader
         assert (
@@ -283,6 +323,7 @@ if REDIS_URL is not None:  # two processes share versions through Redis only
 
         assert (await writes.delete(f"/api/v1/agents/{agent_id}", headers=operator)).status_code == 200
         assert (await reads.get(f"/api/v1/agents/{agent_id}", headers=operator)).status_code == 404
+        assert agent_id not in await _listed(reads, operator)
 
     async def test_a_read_takes_the_beat_and_version_the_rate_limiter_read(make_app: AppMaker) -> None:
         """GET /agents/{id} reads the agent's beat and versions in the limiter's Redis call: what that

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 
 from quart import Blueprint
 from quart_schema import (
@@ -39,15 +38,11 @@ blueprint = Blueprint("agents", __name__, url_prefix="/agents")
 tag_blueprint(blueprint, ["agents"])
 
 
-async def _views(found: Sequence[Agent]) -> list[AgentOut]:
-    """The agents with their live heartbeat time and load (one presence lookup for the lot)."""
-    await db.release_reads()
-    beats = await presence.for_display(presence.current(), [agent.id for agent in found])
-    return [agents.view(agent, beats.get(agent.id)) for agent in found]
-
-
 async def _one(agent: Agent) -> AgentOut:
-    return (await _views([agent]))[0]
+    """The agent with its live heartbeat time and load."""
+    await db.release_reads()
+    beats = await presence.for_display(presence.current(), [agent.id])
+    return agents.view(agent, beats.get(agent.id))
 
 
 def _created(agent: Agent, token: str, message: str) -> Success[AgentCreatedOut]:
@@ -78,8 +73,10 @@ async def list_agents(query_args: AgentQuery) -> Page[AgentOut]:
 
     Filtered by `status`, `capability` and `q` (part of the name), in the order `sort` names.
     """
-    found, total = await agents.list_agents(db.session(), query_args)
-    return Page[AgentOut].of(await _views(found), query_args, total)
+    views, total = await agents.list_views(
+        db.session(), presence.current(), agent_cache.current(), query_args
+    )
+    return Page[AgentOut].of(views, query_args, total)
 
 
 @blueprint.get("/summary")

@@ -18,7 +18,18 @@ from quart.typing import ResponseReturnValue
 from quart_auth import login_user, logout_user
 from quart_schema import hide
 
-from service import config, csrf, db, errors, identity, permissions, presence, rate_limits, tokens
+from service import (
+    agent_cache,
+    config,
+    csrf,
+    db,
+    errors,
+    identity,
+    permissions,
+    presence,
+    rate_limits,
+    tokens,
+)
 from service.schemas.agents import AgentOut, AgentQuery, SummaryOut
 from service.schemas.assignments import AssignmentOut, AssignmentQuery
 from service.schemas.users import LoginIn
@@ -118,10 +129,9 @@ def _require(caller: identity.Identity, permission: str) -> None:
 
 
 async def _agents() -> list[AgentOut]:
-    found, _ = await agents.list_agents(db.session(), AgentQuery(per_page=SHOWN))
-    await db.release_reads()
-    beats = await presence.for_display(presence.current(), [agent.id for agent in found])
-    return [agents.view(agent, beats.get(agent.id)) for agent in found]
+    query = AgentQuery(per_page=SHOWN)
+    views, _ = await agents.list_views(db.session(), presence.current(), agent_cache.current(), query)
+    return views
 
 
 async def _context(caller: identity.Identity) -> dict[str, Any]:

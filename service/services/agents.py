@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import agent_cache, errors, identity, pagination, presence, redis_client, tokens
+from service import agent_cache, db, errors, identity, pagination, presence, redis_client, tokens
 from service.events import outbox
 from service.identity import AgentIdentity, Identity
 from service.models import agents as states
@@ -185,8 +185,18 @@ async def _cached_view(
     return record
 
 
-async def list_agents(session: AsyncSession, query: AgentQuery) -> tuple[Sequence[Agent], int]:
-    statement: Select[Agent] = select(Agent).where(Agent.deleted_at.is_(None))
+async def list_views(
+    session: AsyncSession, presence_store: presence.Presence, cache: agent_cache.AgentCache, query: AgentQuery
+) -> tuple[list[AgentOut], int]:
+    """A page of agents as the API shows them, and how many match in all."""
+    ids, total = await _list_ids(session, query)
+    # A safe request's connection goes back to the pool while Redis answers (see db.release_reads).
+    await db.release_reads()
+    return await views_of(session, presence_store, cache, ids), total
+
+
+async def _list_ids(session: AsyncSession, query: AgentQuery) -> tuple[Sequence[uuid.UUID], int]:
+    statement: Select[uuid.UUID] = select(Agent.id).where(Agent.deleted_at.is_(None))
     if query.status:
         statement = statement.where(effective_status() == query.status)
     if query.capability:
@@ -195,6 +205,40 @@ async def list_agents(session: AsyncSession, query: AgentQuery) -> tuple[Sequenc
         statement = statement.where(pagination.contains(Agent.name, query.q))
     statement = statement.order_by(pagination.sort_order(_SORT_COLUMNS, query.sort), Agent.id)
     return await pagination.fetch_page(session, statement, query.page, query.per_page)
+
+
+async def views_of(
+    session: AsyncSession,
+    presence_store: presence.Presence,
+    cache: agent_cache.AgentCache,
+    agent_ids: Sequence[uuid.UUID],
+) -> list[AgentOut]:
+    """The agents as the API shows them, in the order given, as `read_view` shows one: each row's view from
+    the cache while its version (read with the beats, one call for all) is the one it was read under, the
+    others from the database in one query. An agent deleted since its id was read is left out."""
+    try:
+        live = await presence_store.look(agent_ids)
+    except redis_client.FAILURES:
+        live = {}  # no versions to check against: the database answers (the store logged the outage)
+    records: dict[uuid.UUID, AgentOut] = {}
+    for agent_id in agent_ids:
+        found = live.get(agent_id)
+        record = cache.get(agent_id, found.version) if found is not None else None
+        if record is not None:
+            records[agent_id] = record
+    missing = [agent_id for agent_id in agent_ids if agent_id not in records]
+    if missing:
+        # Read after the versions, as the cache requires of what it keeps under them.
+        rows = await session.scalars(select(Agent).where(Agent.id.in_(missing), Agent.deleted_at.is_(None)))
+        for agent in rows:
+            records[agent.id] = record = _record_view(agent)
+            if (found := live.get(agent.id)) is not None:
+                cache.put(agent.id, found.version, record)
+    return [
+        with_beat(records[agent_id], beat.beat if (beat := live.get(agent_id)) is not None else None)
+        for agent_id in agent_ids
+        if agent_id in records
+    ]
 
 
 async def update_agent(session: AsyncSession, agent_id: uuid.UUID, changes: dict[str, Any]) -> Agent:

@@ -246,24 +246,24 @@ async def test_a_list_waits_on_the_presence_store_holding_no_database_connection
     client: QuartClient, app: Switchboard
 ) -> None:
     """A Redis that stops answering must not starve the pool: a list hands its connection back before
-    it asks the presence store for the agents' beats."""
+    it asks the presence store for the agents' beats and versions."""
     operator = await signed_in(client, "opal", "operator", app)
     await online_agent(client, operator, "ada")
     await background.loops_of(app).stop()  # their rounds take connections of their own
     database: db.Database = app.extensions["db"]
     store = app.extensions["presence"]
     held: list[int] = []
-    original = store.last
+    original = store.look
 
-    async def last(agent_ids: Any) -> Any:
+    async def look(agent_ids: Any) -> Any:
         held.append(database.engine.sync_engine.pool.checkedout())
         return await original(agent_ids)
 
-    store.last = last
+    store.look = look
     try:
         response = await client.get(AGENTS, headers=operator)
     finally:
-        store.last = original
+        store.look = original
     assert response.status_code == 200
     assert (await response.get_json())["data"][0]["name"] == "ada"
     assert held == [0]
