@@ -154,35 +154,51 @@ async def read_view(
     cache: agent_cache.AgentCache,
     agent_id: uuid.UUID,
 ) -> AgentOut:
-    """One agent as the API shows it: its row's view from the cache while the agent's version is the one
-    it was read under, else from the database; with its last beat (read with the version, one call).
+    """One agent as the API shows it (see `_views_of`).
 
     Raises:
         NotFound: no such live agent.
     """
-    try:
-        live: presence.Live | None = (await presence_store.look([agent_id]))[agent_id]
-    except redis_client.FAILURES:
-        live = None  # no version to check against: the database answers (the store logged the outage)
-    record = await _cached_view(session, cache, agent_id, live.version if live is not None else None)
-    return with_beat(record, live.beat if live is not None else None)
+    found = await _views_of(session, presence_store, cache, [agent_id])
+    if not found:
+        raise errors.NotFound("No such agent.")
+    return found[0]
 
 
 async def _cached_view(
     session: AsyncSession, cache: agent_cache.AgentCache, agent_id: uuid.UUID, version: str | None
 ) -> AgentOut:
-    """The view of the agent's row: cached under `version` (read before, in the same call as the beat),
-    else read from the database and cached under it. No version (the store is down): the database's.
+    """The view of the agent's row under `version` (read before, in the same call as the beat; see
+    `_row_views`).
 
     Raises:
         NotFound: no such live agent.
     """
-    record = cache.get(agent_id, version) if version is not None else None
+    record = (await _row_views(session, cache, {agent_id: version})).get(agent_id)
     if record is None:
-        record = _record_view(await get_agent(session, agent_id))
-        if version is not None:
-            cache.put(agent_id, version, record)
+        raise errors.NotFound("No such agent.")
     return record
+
+
+async def _row_views(
+    session: AsyncSession, cache: agent_cache.AgentCache, versions: dict[uuid.UUID, str | None]
+) -> dict[uuid.UUID, AgentOut]:
+    """The views of the agents' rows: each cached under its version (read before this), the others read
+    from the database in one query and cached under theirs. No version (the store is down): the
+    database's, not cached. An agent deleted meanwhile is left out."""
+    records: dict[uuid.UUID, AgentOut] = {}
+    for agent_id, version in versions.items():
+        record = cache.get(agent_id, version) if version is not None else None
+        if record is not None:
+            records[agent_id] = record
+    missing = [agent_id for agent_id in versions if agent_id not in records]
+    if missing:
+        rows = await session.scalars(select(Agent).where(Agent.id.in_(missing), Agent.deleted_at.is_(None)))
+        for agent in rows:
+            records[agent.id] = record = _record_view(agent)
+            if (version := versions[agent.id]) is not None:
+                cache.put(agent.id, version, record)
+    return records
 
 
 async def list_views(
@@ -192,7 +208,7 @@ async def list_views(
     ids, total = await _list_ids(session, query)
     # A safe request's connection goes back to the pool while Redis answers (see db.release_reads).
     await db.release_reads()
-    return await views_of(session, presence_store, cache, ids), total
+    return await _views_of(session, presence_store, cache, ids), total
 
 
 async def _list_ids(session: AsyncSession, query: AgentQuery) -> tuple[Sequence[uuid.UUID], int]:
@@ -207,35 +223,23 @@ async def _list_ids(session: AsyncSession, query: AgentQuery) -> tuple[Sequence[
     return await pagination.fetch_page(session, statement, query.page, query.per_page)
 
 
-async def views_of(
+async def _views_of(
     session: AsyncSession,
     presence_store: presence.Presence,
     cache: agent_cache.AgentCache,
     agent_ids: Sequence[uuid.UUID],
 ) -> list[AgentOut]:
-    """The agents as the API shows them, in the order given, as `read_view` shows one: each row's view from
-    the cache while its version (read with the beats, one call for all) is the one it was read under, the
-    others from the database in one query. An agent deleted since its id was read is left out."""
+    """The agents as the API shows them, in the order given: each row's view from the cache while the
+    agent's version is the one it was read under, else from the database, with its last beat (the beats
+    and versions read in one call). An agent deleted since its id was read is left out."""
     try:
         live = await presence_store.look(agent_ids)
     except redis_client.FAILURES:
         live = {}  # no versions to check against: the database answers (the store logged the outage)
-    records: dict[uuid.UUID, AgentOut] = {}
-    for agent_id in agent_ids:
-        found = live.get(agent_id)
-        record = cache.get(agent_id, found.version) if found is not None else None
-        if record is not None:
-            records[agent_id] = record
-    missing = [agent_id for agent_id in agent_ids if agent_id not in records]
-    if missing:
-        # Read after the versions, as the cache requires of what it keeps under them.
-        rows = await session.scalars(select(Agent).where(Agent.id.in_(missing), Agent.deleted_at.is_(None)))
-        for agent in rows:
-            records[agent.id] = record = _record_view(agent)
-            if (found := live.get(agent.id)) is not None:
-                cache.put(agent.id, found.version, record)
+    versions = {agent_id: found.version if (found := live.get(agent_id)) else None for agent_id in agent_ids}
+    records = await _row_views(session, cache, versions)
     return [
-        with_beat(records[agent_id], beat.beat if (beat := live.get(agent_id)) is not None else None)
+        with_beat(records[agent_id], found.beat if (found := live.get(agent_id)) else None)
         for agent_id in agent_ids
         if agent_id in records
     ]
